@@ -1,0 +1,1 @@
+"""Character-level GPT experiments on tinyshakespeare, with PyTorch Lightning and Hydra."""

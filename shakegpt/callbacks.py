@@ -1,0 +1,112 @@
+"""What a run reports while it trains: loss lines, metrics files, TensorBoard scalars and text samples."""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
+
+from shakegpt.module import GPTModule
+
+BEST_VAL_METRIC = "hp/best_val_loss"
+
+
+def _is_step_zero_eval(trainer: L.Trainer) -> bool:
+    """Lightning's sanity check runs the eval loop before the first update; it serves as the step-0 eval.
+
+    A resumed run sanity-checks again mid-run: that one repeats an eval already reported, so it is skipped.
+    """
+    return trainer.sanity_checking and trainer.global_step == 0
+
+
+def _should_report(trainer: L.Trainer) -> bool:
+    return not trainer.sanity_checking or _is_step_zero_eval(trainer)
+
+
+class EvalReport(L.Callback):
+    """After every evaluation: prints `step N: train loss X, val loss Y`, logs both losses and the best val
+    loss so far to the loggers, and appends them to a CSV file that reports read back."""
+
+    def __init__(self, metrics_path: str) -> None:
+        self.metrics_path = Path(metrics_path)
+        self.best_val_loss = math.inf
+        self.best_step = -1
+        self._start = time.monotonic()
+
+    def state_dict(self) -> dict[str, float]:
+        return {"best_val_loss": self.best_val_loss, "best_step": self.best_step}
+
+    def load_state_dict(self, state_dict: dict[str, float]) -> None:
+        self.best_val_loss, self.best_step = state_dict["best_val_loss"], int(state_dict["best_step"])
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = time.monotonic()
+
+    @rank_zero_only
+    def on_validation_end(self, trainer: L.Trainer, pl_module: GPTModule) -> None:
+        if not _should_report(trainer):
+            return
+        step = trainer.global_step
+        train_loss, val_loss = pl_module.eval_losses["train"], pl_module.eval_losses["val"]
+        if val_loss < self.best_val_loss:
+            self.best_val_loss, self.best_step = val_loss, step
+        line = f"step {step}: train loss {train_loss:.4f}, val loss {val_loss:.4f}"
+        # Through the progress bar when there is one, so the line does not break it.
+        bar = trainer.progress_bar_callback
+        bar.print(line) if bar is not None else print(line, flush=True)
+        metrics = {"train/loss": train_loss, "val/loss": val_loss, BEST_VAL_METRIC: self.best_val_loss}
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=step)
+        self._append_row(step, train_loss, val_loss, time.monotonic() - self._start)
+
+    def _append_row(self, step: int, train_loss: float, val_loss: float, elapsed_s: float) -> None:
+        new_file = not self.metrics_path.exists()
+        self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.metrics_path.open("a", newline="") as f:
+            writer = csv.writer(f)
+            if new_file:
+                writer.writerow(["step", "train_loss", "val_loss", "elapsed_s"])
+            writer.writerow([step, f"{train_loss:.6f}", f"{val_loss:.6f}", f"{elapsed_s:.2f}"])
+
+
+class TextSamples(L.Callback):
+    """Samples a short text after every evaluation and a long one after training, to files and TensorBoard."""
+
+    def __init__(
+        self,
+        out_dir: str,
+        prompt: str = "\n",
+        eval_tokens: int = 200,
+        final_tokens: int = 500,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        seed: int = 1337,
+    ) -> None:
+        self.out_dir = Path(out_dir)
+        self.prompt, self.eval_tokens, self.final_tokens = prompt, eval_tokens, final_tokens
+        self.temperature, self.top_k, self.seed = temperature, top_k, seed
+
+    def _write(self, trainer: L.Trainer, module: GPTModule, name: str, tag: str, tokens: int) -> None:
+        step = trainer.global_step
+        text = module.sample(self.prompt, tokens, self.temperature, self.top_k, seed=self.seed + step)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        (self.out_dir / f"{name}.txt").write_text(text, encoding="utf-8")
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                # Markdown would reflow the verse; a code block keeps its lines.
+                logger.experiment.add_text(tag, "```\n" + text + "\n```", global_step=step)
+
+    @rank_zero_only
+    def on_validation_end(self, trainer: L.Trainer, pl_module: GPTModule) -> None:
+        if self.eval_tokens > 0 and _should_report(trainer):
+            self._write(trainer, pl_module, f"step_{trainer.global_step:06d}", "samples/eval", self.eval_tokens)
+
+    @rank_zero_only
+    def on_train_end(self, trainer: L.Trainer, pl_module: GPTModule) -> None:
+        if self.final_tokens > 0:
+            self._write(trainer, pl_module, "final", "samples/final", self.final_tokens)

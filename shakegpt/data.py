@@ -1,0 +1,201 @@
+"""The corpus: where it lives, fetching and checking it, and serving random windows of it."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+
+from shakegpt.errors import ShakeGPTError
+from shakegpt.tokenizer import CharTokenizer
+
+TINYSHAKESPEARE = Path("tinyshakespeare") / "input.txt"
+DOWNLOAD_TIMEOUT_S = 10
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def download(url: str, dest: Path, sha256: str) -> None:
+    """Fetch url into dest, verified, so that a failed or corrupt download never leaves a file behind."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=dest.parent, delete=False) as tmp:
+        tmp_path = Path(tmp.name)
+        try:
+            with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
+                tmp.write(response.read())
+        except (urllib.error.URLError, OSError) as err:
+            tmp_path.unlink()
+            raise ShakeGPTError(
+                f"{dest} is missing and downloading it from {url} failed ({err}). "
+                f"Put the file there by hand, point the data directory elsewhere "
+                f"(DATA_DIR=... or paths.data_dir=...), or use any UTF-8 text with data.path=..."
+            ) from None
+    actual = sha256_of(tmp_path)
+    if actual != sha256:
+        tmp_path.unlink()
+        raise ShakeGPTError(f"the download from {url} has sha256 {actual}, expected {sha256}; nothing was saved")
+    os.replace(tmp_path, dest)
+
+
+def locate_corpus(path: str | None, data_dir: str, url: str, sha256: str) -> Path:
+    """The text file to train on: data.path when given, else tinyshakespeare in the data directory,
+    downloaded there when missing and checked against its sha256."""
+    if path is not None:
+        corpus = Path(path).expanduser().resolve()
+        if not corpus.is_file():
+            raise ShakeGPTError(f"data.path={path} does not exist (looked at {corpus})")
+        return corpus
+    corpus = Path(data_dir).expanduser().resolve() / TINYSHAKESPEARE
+    if not corpus.is_file():
+        download(url, corpus, sha256)
+    actual = sha256_of(corpus)
+    if actual != sha256:
+        raise ShakeGPTError(
+            f"{corpus} is corrupt: its sha256 is {actual}, expected {sha256}. "
+            f"Delete it to download it again, or copy a good one there"
+        )
+    return corpus
+
+
+def read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ShakeGPTError(
+            f"{path} is not UTF-8 text (byte {err.start} cannot be decoded); convert it, e.g. with iconv"
+        ) from None
+
+
+def split_tokens(tokens: torch.Tensor, train_fraction: float, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """First train_fraction for training, the rest for validation; each must hold one window."""
+    n_train = int(train_fraction * len(tokens))
+    train, val = tokens[:n_train], tokens[n_train:]
+    for name, split in (("train", train), ("val", val)):
+        if len(split) < block_size + 1:
+            raise ShakeGPTError(
+                f"the {name} split holds {len(split)} characters, fewer than data.block_size + 1 = "
+                f"{block_size + 1}: use a longer corpus or a smaller data.block_size"
+            )
+    return train, val
+
+
+class RandomWindows(IterableDataset):
+    """Batches of random windows of block_size + 1 tokens, split into inputs and next-token targets.
+
+    Batch number k is drawn from its own generator, seeded by (seed, stream, rank, k), so a resumed run sees the
+    batches the uninterrupted run would have seen, and evaluations that start at k = 0 see the same batches
+    every time. Windows are gathered with one indexing operation, not a Python loop over the batch.
+    """
+
+    def __init__(
+        self,
+        tokens: torch.Tensor,
+        block_size: int,
+        batch_size: int,
+        seed: int,
+        stream: int,
+        rank: int,
+        start: int,
+        stop: int,
+    ) -> None:
+        super().__init__()
+        self.tokens, self.block_size, self.batch_size = tokens, block_size, batch_size
+        self.seed, self.stream, self.rank, self.start, self.stop = seed, stream, rank, start, stop
+        self.offsets = torch.arange(block_size + 1)
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+    def batch(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        # Hashes of int tuples are not randomised between processes, so seeds are stable.
+        generator = torch.Generator().manual_seed(hash((self.seed, self.stream, self.rank, k)))
+        starts = torch.randint(len(self.tokens) - self.block_size, (self.batch_size,), generator=generator)
+        windows = self.tokens[starts[:, None] + self.offsets]
+        return windows[:, :-1], windows[:, 1:]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return (self.batch(k) for k in range(self.start, self.stop))
+
+
+class CharDataModule(L.LightningDataModule):
+    """Serves a character corpus: random training windows, and fixed evaluation batches on both splits.
+
+    Validation has two dataloaders, the train split then the val split, so every evaluation reports the
+    loss on both, as the classic script does.
+    """
+
+    def __init__(
+        self,
+        data_dir: str,
+        url: str,
+        sha256: str,
+        path: str | None = None,
+        batch_size: int = 64,
+        block_size: int = 256,
+        train_fraction: float = 0.9,
+        seed: int = 1337,
+        eval_seed: int = 0,
+        pin_memory: bool = False,
+    ) -> None:
+        super().__init__()
+        if batch_size <= 0 or block_size <= 0:
+            raise ShakeGPTError(f"data.batch_size and data.block_size must be positive, got {batch_size}, {block_size}")
+        if not 0.0 < train_fraction < 1.0:
+            raise ShakeGPTError(f"data.train_fraction must be between 0 and 1, got {train_fraction}")
+        self.path, self.data_dir, self.url, self.sha256 = path, data_dir, url, sha256
+        self.batch_size, self.block_size, self.train_fraction = batch_size, block_size, train_fraction
+        self.seed, self.eval_seed = seed, eval_seed
+        self.pin_memory = pin_memory
+        self.tokenizer: CharTokenizer | None = None
+        self.train_tokens = self.val_tokens = torch.empty(0, dtype=torch.long)
+
+    def prepare_data(self) -> None:
+        locate_corpus(self.path, self.data_dir, self.url, self.sha256)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.tokenizer is not None:
+            return
+        text = read_text(locate_corpus(self.path, self.data_dir, self.url, self.sha256))
+        tokenizer = CharTokenizer.from_text(text)
+        tokens = torch.tensor(tokenizer.encode(text), dtype=torch.long)
+        self.train_tokens, self.val_tokens = split_tokens(tokens, self.train_fraction, self.block_size)
+        self.tokenizer = tokenizer
+
+    def _rank(self) -> int:
+        return self.trainer.global_rank if self.trainer is not None else 0
+
+    def _loader(self, dataset: RandomWindows) -> DataLoader:
+        return DataLoader(dataset, batch_size=None, pin_memory=self.pin_memory)
+
+    def train_dataloader(self) -> DataLoader:
+        start, stop = 0, 1_000_000
+        if self.trainer is not None and self.trainer.max_steps > 0:
+            start, stop = self.trainer.global_step, self.trainer.max_steps
+        windows = RandomWindows(
+            self.train_tokens, self.block_size, self.batch_size, self.seed, 0, self._rank(), start, stop
+        )
+        return self._loader(windows)
+
+    def val_dataloader(self) -> list[DataLoader]:
+        """One loader per split; each evaluation restarts them, so every evaluation sees the same batches."""
+        n_batches = self.trainer.limit_val_batches if self.trainer is not None else 200
+        if not isinstance(n_batches, int):
+            raise ShakeGPTError(f"trainer.limit_val_batches is the number of eval batches per split, got {n_batches}")
+        return [
+            self._loader(
+                RandomWindows(
+                    tokens, self.block_size, self.batch_size, self.eval_seed, stream, self._rank(), 0, n_batches
+                )
+            )
+            for stream, tokens in enumerate((self.train_tokens, self.val_tokens), start=1)
+        ]

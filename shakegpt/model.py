@@ -1,0 +1,194 @@
+"""A character-level GPT in plain PyTorch: no Lightning, no Hydra, no files."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from shakegpt.errors import ShakeGPTError
+
+KVCacheMode = Literal["exact", "fast", "off"]
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 65
+    block_size: int = 256
+    n_layer: int = 6
+    n_head: int = 6
+    n_embd: int = 384
+    dropout: float = 0.2
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ShakeGPTError(f"model.{name} must be a positive integer, got {value!r}")
+        if self.n_embd % self.n_head:
+            raise ShakeGPTError(
+                f"model.n_embd={self.n_embd} is not divisible by model.n_head={self.n_head}: each head gets "
+                f"n_embd / n_head channels; pick n_head among the divisors of n_embd"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ShakeGPTError(f"model.dropout must be in [0, 1), got {self.dropout!r}")
+
+
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> torch.Tensor:
+    """Causal attention over (batch, head, time, channel) tensors, by the fastest path for the device.
+
+    On CPU, scaled_dot_product_attention with dropout falls back to a kernel slower than a plain masked
+    softmax (scripts/bench.py), so that case takes the masked softmax; everything else takes SDPA.
+    A single query (a KV-cache step) attends to every cached key, so it needs no mask.
+    """
+    is_causal = q.size(-2) > 1
+    if dropout_p > 0.0 and q.device.type == "cpu":
+        scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))
+        if is_causal:
+            t = q.size(-2)
+            future = torch.ones(t, t, dtype=torch.bool, device=q.device).triu(1)
+            scores = scores.masked_fill(future, float("-inf"))
+        weights = F.dropout(scores.softmax(dim=-1), dropout_p)
+        return weights @ v
+    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=is_causal)
+
+
+class LayerCache:
+    """The keys and values one attention layer has seen so far during generation."""
+
+    def __init__(self) -> None:
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+
+    def extend(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.k is not None:
+            k, v = torch.cat([self.k, k], dim=2), torch.cat([self.v, v], dim=2)
+        self.k, self.v = k, v
+        return k, v
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.n_head = config.n_head
+        self.dropout = config.dropout
+        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=False)
+        self.proj = nn.Linear(config.n_embd, config.n_embd)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
+        b, t, c = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.n_head, c // self.n_head).permute(2, 0, 3, 1, 4)
+        if cache is not None:
+            k, v = cache.extend(k, v)
+        y = causal_attention(q, k, v, self.dropout if self.training else 0.0)
+        return self.resid_dropout(self.proj(y.transpose(1, 2).reshape(b, t, c)))
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd)
+        self.mlp = nn.Sequential(
+            nn.Linear(config.n_embd, 4 * config.n_embd),
+            nn.ReLU(),
+            nn.Linear(4 * config.n_embd, config.n_embd),
+            nn.Dropout(config.dropout),
+        )
+
+    def forward(self, x: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.tok_emb = nn.Embedding(config.vocab_size, config.n_embd)
+        self.pos_emb = nn.Embedding(config.block_size, config.n_embd)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.n_embd)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        caches: list[LayerCache] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits for every position, and the mean cross-entropy when targets are given.
+
+        With caches, idx continues the sequence the caches hold (positions start after it).
+        """
+        start = 0 if caches is None or caches[0].k is None else caches[0].k.size(2)
+        t = idx.size(1)
+        if start + t > self.config.block_size:
+            raise ValueError(f"sequence of {start + t} tokens exceeds block_size {self.config.block_size}")
+        pos = torch.arange(start, start + t, device=idx.device)
+        x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))
+        for i, block in enumerate(self.blocks):
+            x = block(x, None if caches is None else caches[i])
+        logits = self.lm_head(self.ln_f(x))
+        if targets is None:
+            return logits, None
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1))
+        return logits, loss
+
+    @torch.no_grad()
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        kv_cache: KVCacheMode = "exact",
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Append max_new_tokens sampled tokens to idx (batch, time); the context is cropped to block_size.
+
+        kv_cache="off" recomputes the whole window for every token (the classic loop). "exact" reuses
+        cached keys and values while the sequence fits the window, and gives the same tokens as "off";
+        past the window every position shifts, so it recomputes the window per token. "fast" instead
+        re-fills the cache from the last half window whenever it is full: much faster past the window,
+        but the model then sees a shorter context than the classic loop, so its samples differ.
+        Call it in eval mode, as sampling with dropout active changes the samples.
+        """
+        if temperature <= 0:
+            raise ShakeGPTError(f"temperature must be positive, got {temperature}")
+        block_size = self.config.block_size
+        refill = block_size // 2 if kv_cache == "fast" else block_size
+        caches: list[LayerCache] | None = None
+        for _ in range(max_new_tokens):
+            cached = 0 if caches is None else caches[0].k.size(2)
+            if kv_cache != "off" and caches is not None and cached < block_size:
+                logits, _ = self(idx[:, -1:], caches=caches)
+            else:
+                window = idx[:, -(block_size if caches is None else refill) :]
+                caches = None if kv_cache == "off" else [LayerCache() for _ in self.blocks]
+                logits, _ = self(window, caches=caches)
+            logits = logits[:, -1, :].float() / temperature
+            if top_k is not None:
+                kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+                logits = logits.masked_fill(logits < kth, float("-inf"))
+            next_token = torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)
+            idx = torch.cat([idx, next_token], dim=1)
+        return idx

@@ -1,0 +1,92 @@
+"""The LightningModule: trains a GPT, evaluates it on both splits, and samples text from it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import asdict
+from typing import Any
+
+import lightning as L
+import torch
+
+from shakegpt.errors import ShakeGPTError
+from shakegpt.model import GPT, GPTConfig, KVCacheMode
+from shakegpt.tokenizer import CharTokenizer
+
+OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
+
+
+class GPTModule(L.LightningModule):
+    """Wraps a GPT for Lightning.
+
+    Its hyperparameters (the model config and the vocabulary) are plain values saved in every checkpoint,
+    so a checkpoint alone rebuilds the model and its tokenizer.
+    """
+
+    def __init__(self, model_config: dict[str, Any], vocab: str, optimizer: OptimizerFactory | None = None) -> None:
+        super().__init__()
+        # The entry point logs the whole run config as hyperparameters; these are for checkpoints.
+        self.save_hyperparameters(ignore=["optimizer"], logger=False)
+        self.model = GPT(GPTConfig(**model_config))
+        self.tokenizer = CharTokenizer(vocab)
+        self.optimizer_factory = optimizer or torch.optim.AdamW
+        # Mean loss per split at the latest evaluation; the val dataloaders come in this order.
+        self.splits = ("train", "val")
+        self.eval_losses: dict[str, float] = {}
+
+    @classmethod
+    def from_model(cls, config: GPTConfig, tokenizer: CharTokenizer, optimizer: OptimizerFactory | None = None):
+        return cls(asdict(config), "".join(tokenizer.chars), optimizer)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        _, loss = self.model(*batch)
+        self.log("train/batch_loss", loss, prog_bar=True)
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # Lightning evaluates every val_check_interval steps; asking it to stop after the last step makes
+        # it evaluate there too, as the classic script does.
+        if self.trainer.max_steps > 0 and self.global_step >= self.trainer.max_steps:
+            self.trainer.should_stop = True
+
+    def on_validation_epoch_start(self) -> None:
+        self._batch_losses: dict[str, list[torch.Tensor]] = {split: [] for split in self.splits}
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int, dataloader_idx: int = 0):
+        _, loss = self.model(*batch)
+        self._batch_losses[self.splits[dataloader_idx]].append(loss.detach())
+
+    def on_validation_epoch_end(self) -> None:
+        # Averaged here rather than through self.log alone: Lightning's step-0 sanity check discards
+        # logged values, and the reporting callbacks need the step-0 losses too.
+        self.eval_losses = {}
+        for split, losses in self._batch_losses.items():
+            mean = self.trainer.strategy.reduce(torch.stack(losses).mean(), reduce_op="mean")
+            self.eval_losses[split] = float(mean)
+            self.log(f"{split}/loss", self.eval_losses[split], logger=False, prog_bar=True)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.optimizer_factory(self.parameters())
+
+    @torch.no_grad()
+    def sample(
+        self,
+        prompt: str,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        seed: int = 1337,
+        kv_cache: KVCacheMode = "exact",
+    ) -> str:
+        """prompt followed by max_new_tokens sampled characters, in eval mode, without touching the global RNG."""
+        if not prompt:
+            raise ShakeGPTError("the prompt is empty: give at least one character, e.g. a newline")
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            idx = torch.tensor([self.tokenizer.encode(prompt)], dtype=torch.long, device=self.device)
+            generator = torch.Generator(device=self.device).manual_seed(seed)
+            out = self.model.generate(idx, max_new_tokens, temperature, top_k, kv_cache, generator)
+        finally:
+            self.model.train(was_training)
+        return self.tokenizer.decode(out[0].tolist())

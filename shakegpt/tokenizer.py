@@ -1,0 +1,42 @@
+"""Characters to integers and back, with the vocabulary taken from the corpus itself."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from shakegpt.errors import ShakeGPTError
+
+
+class CharTokenizer:
+    def __init__(self, chars: Sequence[str]) -> None:
+        self.chars = list(chars)
+        self.stoi = {ch: i for i, ch in enumerate(self.chars)}
+        if len(self.stoi) != len(self.chars) or any(len(ch) != 1 for ch in self.chars):
+            raise ShakeGPTError("a vocabulary must be distinct single characters")
+
+    @classmethod
+    def from_text(cls, text: str) -> CharTokenizer:
+        return cls(sorted(set(text)))
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.chars)
+
+    def encode(self, text: str) -> list[int]:
+        unknown = sorted(set(text) - self.stoi.keys())
+        if unknown:
+            raise ShakeGPTError(
+                f"characters not in the model's vocabulary: {', '.join(map(repr, unknown))} "
+                f"(the vocabulary holds {self.vocab_size} characters: {''.join(self.chars)!r})"
+            )
+        return [self.stoi[ch] for ch in text]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return "".join(self.chars[i] for i in ids)
+
+    def to_dict(self) -> dict[str, str]:
+        return {"chars": "".join(self.chars)}
+
+    @classmethod
+    def from_dict(cls, state: dict[str, str]) -> CharTokenizer:
+        return cls(state["chars"])
