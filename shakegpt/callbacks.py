@@ -56,9 +56,12 @@ class EvalReport(L.Callback):
         if val_loss < self.best_val_loss:
             self.best_val_loss, self.best_step = val_loss, step
         line = f"step {step}: train loss {train_loss:.4f}, val loss {val_loss:.4f}"
-        # Through the progress bar when there is one, so the line does not break it.
+        # Through the progress bar when one is shown, so the line does not break it.
         bar = trainer.progress_bar_callback
-        bar.print(line) if bar is not None else print(line, flush=True)
+        if bar is not None and bar.is_enabled:
+            bar.print(line)
+        else:
+            print(line, flush=True)
         metrics = {"train/loss": train_loss, "val/loss": val_loss, BEST_VAL_METRIC: self.best_val_loss}
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)

@@ -38,23 +38,26 @@ class GPTConfig:
             raise ShakeGPTError(f"model.dropout must be in [0, 1), got {self.dropout!r}")
 
 
+def masked_softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> torch.Tensor:
+    """Attention written out: scores, causal mask, softmax, dropout, weighted sum."""
+    scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))
+    if q.size(-2) > 1:
+        t = q.size(-2)
+        future = torch.ones(t, t, dtype=torch.bool, device=q.device).triu(1)
+        scores = scores.masked_fill(future, float("-inf"))
+    return F.dropout(scores.softmax(dim=-1), dropout_p) @ v
+
+
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> torch.Tensor:
     """Causal attention over (batch, head, time, channel) tensors, by the fastest path for the device.
 
-    On CPU, scaled_dot_product_attention with dropout falls back to a kernel slower than a plain masked
+    On CPU, scaled_dot_product_attention with dropout falls back to a kernel slower than the plain masked
     softmax (scripts/bench.py), so that case takes the masked softmax; everything else takes SDPA.
     A single query (a KV-cache step) attends to every cached key, so it needs no mask.
     """
-    is_causal = q.size(-2) > 1
     if dropout_p > 0.0 and q.device.type == "cpu":
-        scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))
-        if is_causal:
-            t = q.size(-2)
-            future = torch.ones(t, t, dtype=torch.bool, device=q.device).triu(1)
-            scores = scores.masked_fill(future, float("-inf"))
-        weights = F.dropout(scores.softmax(dim=-1), dropout_p)
-        return weights @ v
-    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=is_causal)
+        return masked_softmax_attention(q, k, v, dropout_p)
+    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=q.size(-2) > 1)
 
 
 class LayerCache:

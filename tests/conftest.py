@@ -1,0 +1,38 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+# Tests and CI read the datasets from ../shared/data unless DATA_DIR says otherwise.
+os.environ.setdefault("DATA_DIR", str(SHARED_DATA))
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+# A model and run small enough for seconds on a CPU, through the real entry point.
+TINY = ["experiment=smoke", "hardware=cpu"]
+
+
+def run_module(module: str, *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: int = 300):
+    """Run `python -m module args` as a user would; returns the CompletedProcess (text)."""
+    full_env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="session")
+def shakespeare_path() -> Path:
+    path = Path(os.environ["DATA_DIR"]) / "tinyshakespeare" / "input.txt"
+    if not path.is_file():
+        pytest.fail(f"tinyshakespeare not found at {path}; set DATA_DIR to a folder holding tinyshakespeare/input.txt")
+    return path

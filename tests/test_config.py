@@ -1,0 +1,68 @@
+"""The composed configuration: defaults, presets and hardware groups, through Hydra's compose API."""
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from shakegpt.errors import ShakeGPTError
+from shakegpt.model import GPT, GPTConfig
+from shakegpt.train import check_accelerator
+
+from .conftest import ROOT
+
+
+def composed(*overrides: str):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides))
+
+
+def test_defaults_are_the_classic_values():
+    cfg = composed()
+    assert (cfg.data.batch_size, cfg.data.block_size) == (64, 256)
+    assert (cfg.trainer.max_steps, cfg.trainer.val_check_interval, cfg.trainer.limit_val_batches) == (5000, 500, 200)
+    assert cfg.optimizer.lr == 3e-4
+    assert (cfg.model.n_embd, cfg.model.n_layer, cfg.model.n_head, cfg.model.dropout) == (384, 6, 6, 0.2)
+    assert cfg.model.block_size == 256
+    assert cfg.seed == 1337
+
+
+def test_n_head_follows_n_layer_unless_set():
+    assert composed("model.n_layer=2").model.n_head == 2
+    assert composed("model.n_layer=2", "model.n_head=4").model.n_head == 4
+
+
+@pytest.mark.parametrize(
+    ("preset", "n_layer", "max_steps", "parameters"),
+    [
+        ("exp1", 1, 99, 1_922_369),
+        ("exp2", 1, 5000, 1_922_369),
+        ("exp3", 2, 5000, 3_695_681),
+        ("exp4", 6, 5000, 10_788_929),
+        ("exp5", 12, 5000, 21_428_801),
+    ],
+)
+def test_experiment_presets_are_the_table_rows(preset, n_layer, max_steps, parameters):
+    cfg = composed(f"experiment={preset}")
+    assert (cfg.model.n_layer, cfg.model.n_head, cfg.trainer.max_steps) == (n_layer, n_layer, max_steps)
+    assert (cfg.trainer.val_check_interval, cfg.trainer.limit_val_batches, cfg.model.dropout) == (500, 200, 0.2)
+    assert GPT(GPTConfig(vocab_size=65, **cfg.model)).num_parameters() == parameters
+
+
+def test_quick_preset_is_small():
+    cfg = composed("experiment=quick")
+    assert cfg.model.n_embd < 384 and cfg.trainer.max_steps <= 2000
+
+
+@pytest.mark.parametrize(
+    ("hardware", "accelerator", "precision"),
+    [("cpu", "cpu", "32-true"), ("cuda", "cuda", "bf16-mixed"), ("mps", "mps", "32-true"), ("auto", "auto", "32-true")],
+)
+def test_hardware_presets(hardware, accelerator, precision):
+    cfg = composed(f"hardware={hardware}")
+    assert (cfg.trainer.accelerator, cfg.trainer.precision) == (accelerator, precision)
+    assert "bf16" not in composed("hardware=mps").trainer.precision
+
+
+def test_asking_for_missing_hardware_fails_before_any_work():
+    with pytest.raises(ShakeGPTError, match="hardware=mps"):
+        check_accelerator("mps")
+    check_accelerator("cpu")

@@ -1,0 +1,96 @@
+import math
+
+import pytest
+import torch
+
+from shakegpt.errors import ShakeGPTError
+from shakegpt.model import GPT, GPTConfig, masked_softmax_attention
+
+
+@pytest.mark.parametrize(("n_layer", "expected"), [(1, 1_922_369), (2, 3_695_681), (6, 10_788_929), (12, 21_428_801)])
+def test_parameter_counts_are_the_contract(n_layer, expected):
+    config = GPTConfig(vocab_size=65, block_size=256, n_layer=n_layer, n_head=n_layer, n_embd=384)
+    assert GPT(config).num_parameters() == expected
+
+
+def tiny(**overrides) -> GPT:
+    torch.manual_seed(0)
+    config = GPTConfig(**{"vocab_size": 65, "block_size": 16, "n_layer": 2, "n_head": 2, "n_embd": 32, **overrides})
+    return GPT(config)
+
+
+def test_initial_loss_is_close_to_uniform():
+    model = tiny(n_embd=64).eval()
+    idx = torch.randint(65, (8, 16))
+    _, loss = model(idx, idx)
+    assert abs(loss.item() - math.log(65)) < 0.1
+
+
+def test_init_is_normal_002_with_zero_biases():
+    model = tiny(n_embd=128)
+    assert abs(model.blocks[0].mlp[0].weight.std().item() - 0.02) < 0.002
+    assert torch.count_nonzero(model.blocks[0].attn.proj.bias) == 0
+    assert model.blocks[0].attn.qkv.bias is None
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"n_embd": 30, "n_head": 4}, "not divisible"),
+        ({"n_layer": 0}, "n_layer must be a positive integer"),
+        ({"block_size": -1}, "block_size must be a positive integer"),
+        ({"dropout": 1.5}, "dropout"),
+    ],
+)
+def test_impossible_configs_are_rejected(overrides, message):
+    with pytest.raises(ShakeGPTError, match=message):
+        GPTConfig(**{"n_layer": 2, "n_head": 2, "n_embd": 32, **overrides})
+
+
+def test_masked_softmax_matches_sdpa_without_dropout():
+    q, k, v = torch.randn(3, 2, 4, 10, 8).unbind(0)
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    torch.testing.assert_close(masked_softmax_attention(q, k, v, 0.0), expected)
+
+
+def test_training_forward_on_cpu_with_dropout_is_causal():
+    """The CPU dropout path (masked softmax) must not let a position see later tokens."""
+    model = tiny(dropout=0.1).train()
+    idx = torch.randint(65, (1, 16))
+    changed = idx.clone()
+    changed[0, 10:] = (changed[0, 10:] + 1) % 65
+    torch.manual_seed(1)
+    before, _ = model(idx)
+    torch.manual_seed(1)
+    after, _ = model(changed)
+    torch.testing.assert_close(before[0, :10], after[0, :10])
+
+
+def sample(model: GPT, mode: str, new_tokens: int, seed: int = 3) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return model.generate(torch.zeros(1, 1, dtype=torch.long), new_tokens, kv_cache=mode, generator=generator)
+
+
+def test_generate_crops_to_the_window_and_appends_tokens():
+    model = tiny().eval()
+    out = sample(model, "off", 40)
+    assert out.shape == (1, 41)
+    assert out.max() < 65
+
+
+@pytest.mark.parametrize("new_tokens", [15, 40])
+def test_exact_kv_cache_gives_the_tokens_of_the_full_recompute(new_tokens):
+    model = tiny().eval()
+    assert torch.equal(sample(model, "exact", new_tokens), sample(model, "off", new_tokens))
+
+
+def test_fast_kv_cache_matches_inside_the_window_and_keeps_going_past_it():
+    model = tiny().eval()
+    fast, full = sample(model, "fast", 40), sample(model, "off", 40)
+    assert fast.shape == full.shape
+    assert torch.equal(fast[:, :16], full[:, :16])
+
+
+def test_generate_rejects_a_non_positive_temperature():
+    with pytest.raises(ShakeGPTError, match="temperature"):
+        tiny().generate(torch.zeros(1, 1, dtype=torch.long), 3, temperature=0)

@@ -1,0 +1,27 @@
+import pytest
+
+from shakegpt.errors import ShakeGPTError
+from shakegpt.tokenizer import CharTokenizer
+
+
+def test_vocabulary_is_the_sorted_characters_of_the_text():
+    tok = CharTokenizer.from_text("hello world\n")
+    assert tok.chars == sorted(set("hello world\n"))
+    assert tok.vocab_size == 9
+
+
+def test_encode_decode_round_trip_and_serialisation():
+    tok = CharTokenizer.from_text("To be, or not to be")
+    ids = tok.encode("not to be")
+    assert tok.decode(ids) == "not to be"
+    assert CharTokenizer.from_dict(tok.to_dict()).encode("be") == tok.encode("be")
+
+
+def test_unknown_characters_are_named():
+    tok = CharTokenizer.from_text("abc")
+    with pytest.raises(ShakeGPTError, match=r"'z', 'é'"):
+        tok.encode("abzé")
+
+
+def test_shakespeare_has_65_characters(shakespeare_path):
+    assert CharTokenizer.from_text(shakespeare_path.read_text()).vocab_size == 65

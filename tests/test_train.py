@@ -1,0 +1,152 @@
+"""The real entry points, run as a user runs them, and what they leave on disk."""
+
+import csv
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from shakegpt.generate import load_module
+
+from .conftest import TINY, run_module
+
+# Job folders are named by all of a job's overrides, in Hydra's order (sorted by key).
+LABEL = "experiment=smoke,hardware=cpu"
+
+
+def eval_lines(stdout: str) -> list[tuple[int, float, float]]:
+    """The `step N: train loss X, val loss Y` lines (the progress bar may share their terminal line)."""
+    found = re.findall(r"step (\d+): train loss ([\d.]+), val loss ([\d.]+)", stdout)
+    return [(int(step), float(train), float(val)) for step, train, val in found]
+
+
+def events(folder: Path) -> EventAccumulator:
+    accumulator = EventAccumulator(str(folder), size_guidance={"scalars": 0, "tensors": 0})
+    accumulator.Reload()
+    return accumulator
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """One tiny training run shared by the tests below: (run folder, completed process)."""
+    tmp = tmp_path_factory.mktemp("train")
+    folder = tmp / "run"
+    proc = run_module("shakegpt.train", *TINY, f"hydra.run.dir={folder}", cwd=tmp)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return folder, proc
+
+
+def test_prints_parameters_and_classic_loss_lines(run):
+    _, proc = run
+    assert "0.017921 M parameters" in proc.stdout
+    lines = eval_lines(proc.stdout)
+    assert [step for step, _, _ in lines] == [0, 10, 20]
+    assert abs(lines[0][1] - math.log(65)) < 0.1
+
+
+def test_tensorboard_has_both_losses_the_hparams_and_text_samples(run):
+    folder, _ = run
+    acc = events(folder)
+    for tag in ("train/loss", "val/loss"):
+        assert [event.step for event in acc.Scalars(tag)] == [0, 10, 20]
+    val = [event.value for event in acc.Scalars("val/loss")]
+    assert val[-1] < val[0]
+    assert acc.Scalars("hp/best_val_loss")[-1].value == pytest.approx(min(val))
+    assert "_hparams_/session_start_info" in acc.summary_metadata
+    assert [event.step for event in acc.Tensors("samples/eval/text_summary")] == [0, 10, 20]
+    assert len(acc.Tensors("samples/final/text_summary")) == 1
+
+
+def test_writes_checkpoints_metrics_and_samples_in_the_run_folder(run):
+    folder, _ = run
+    assert (folder / "checkpoints" / "best.ckpt").is_file() and (folder / "checkpoints" / "last.ckpt").is_file()
+    with (folder / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [int(row["step"]) for row in rows] == [0, 10, 20]
+    assert len((folder / "samples" / "step_000000.txt").read_text()) == 1 + 20
+    assert len((folder / "samples" / "final.txt").read_text()) == 1 + 500
+
+
+def test_checkpoint_alone_rebuilds_the_model(run):
+    folder, _ = run
+    checkpoint = torch.load(folder / "checkpoints" / "best.ckpt", weights_only=True)
+    assert len(checkpoint["hyper_parameters"]["vocab"]) == 65
+    module = load_module(str(folder))
+    assert module.model.config.n_embd == 32
+    text = module.sample("ROMEO:", 50, seed=7)
+    assert text.startswith("ROMEO:") and len(text) == 56
+    assert module.sample("ROMEO:", 50, seed=7) == text
+
+
+def test_generate_cli_samples_from_a_run_folder(run, tmp_path):
+    folder, _ = run
+    proc = run_module(
+        "shakegpt.generate", f"ckpt_path={folder}", "prompt=ROMEO:", "max_new_tokens=40", "top_k=5", cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("ROMEO:") and len(proc.stdout.rstrip("\n")) >= 40
+    assert list(tmp_path.iterdir()) == []  # sampling writes nothing
+
+
+def test_generate_names_unknown_prompt_characters(run, tmp_path):
+    folder, _ = run
+    proc = run_module("shakegpt.generate", f"ckpt_path={folder}", "prompt='ROMEO#'", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "'#'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_resume_continues_from_the_last_checkpoint(run, tmp_path):
+    folder, _ = run
+    proc = run_module(
+        "shakegpt.train",
+        *TINY,
+        "trainer.max_steps=30",
+        f"ckpt_path={folder / 'checkpoints' / 'last.ckpt'}",
+        f"hydra.run.dir={tmp_path / 'resumed'}",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [step for step, _, _ in eval_lines(proc.stdout)] == [30]
+
+
+def test_sweep_gives_one_folder_per_job_named_by_its_overrides(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_module(
+        "shakegpt.train",
+        "-m",
+        *TINY,
+        "model.n_layer=1,2",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = sorted(path.name for path in sweep.iterdir() if path.is_dir())
+    assert jobs == [f"{LABEL},model.n_layer=1", f"{LABEL},model.n_layer=2"]
+    for n_layer in (1, 2):
+        checkpoint = torch.load(
+            sweep / f"{LABEL},model.n_layer={n_layer}" / "checkpoints" / "last.ckpt", weights_only=True
+        )
+        config = checkpoint["hyper_parameters"]["model_config"]
+        assert config["n_layer"] == config["n_head"] == n_layer
+        assert [e.step for e in events(sweep / f"{LABEL},model.n_layer={n_layer}").Scalars("val/loss")] == [0, 10, 20]
+    assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "env", "message"),
+    [
+        (["model.n_embd=30", "model.n_head=4"], {}, "not divisible by model.n_head"),
+        (["hardware=mps"], {}, "hardware=mps was asked for"),
+        (["data.url=http://127.0.0.1:9/input.txt"], {"DATA_DIR": "{tmp}/empty"}, "downloading it from"),
+    ],
+)
+def test_bad_input_fails_with_a_clear_message(tmp_path, overrides, env, message):
+    env = {key: value.format(tmp=tmp_path) for key, value in env.items()}
+    proc = run_module("shakegpt.train", *TINY, *overrides, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, env=env)
+    assert proc.returncode == 1
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
