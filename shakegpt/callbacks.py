@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
+import os
 import time
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from shakegpt.module import GPTModule
+
+RUN_RECORD = "run.json"
 
 BEST_VAL_METRIC = "hp/best_val_loss"
 
@@ -113,3 +118,89 @@ class TextSamples(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: GPTModule) -> None:
         if self.final_tokens > 0:
             self._write(trainer, pl_module, "final", "samples/final", self.final_tokens)
+
+
+def write_record(path: Path, **updates: object) -> dict[str, object]:
+    """Merge updates into the run record at path; written whole, so readers never see half a file."""
+    record = json.loads(path.read_text()) if path.is_file() else {}
+    record.update(updates)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(tmp, path)
+    return record
+
+
+def record_failure(path: Path, error: BaseException) -> None:
+    """Note in the run record that the run failed, and why (also for failures before training starts)."""
+    status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+    write_record(path, status=status, error=f"{type(error).__name__}: {error}")
+
+
+class RunRecord(L.Callback):
+    """Keeps run.json in the run folder current: what ran, on what, how fast, and how it ended.
+
+    Reports read it, together with metrics.csv and the samples, to tabulate runs that are still going,
+    finished, or failed.
+    """
+
+    def __init__(self, path: str, label: str) -> None:
+        self.path = Path(path)
+        self.label = label
+        self._train_s = 0.0
+        self._tokens = 0
+        self._batch_start = 0.0
+        self._fit_start = time.monotonic()
+
+    def _progress(self, trainer: L.Trainer) -> dict[str, object]:
+        steps_done = max(trainer.global_step, 1)
+        return {
+            "steps": trainer.global_step,
+            "wall_s": round(time.monotonic() - self._fit_start, 2),
+            "train_s": round(self._train_s, 2),
+            "tokens_per_s": round(self._tokens / self._train_s) if self._train_s else None,
+            "step_ms": round(1000 * self._train_s / steps_done, 2) if self._train_s else None,
+        }
+
+    @rank_zero_only
+    def on_fit_start(self, trainer: L.Trainer, pl_module: GPTModule) -> None:
+        self._fit_start = time.monotonic()
+        config = pl_module.model.config
+        device = trainer.strategy.root_device
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+        write_record(
+            self.path,
+            label=self.label,
+            status="running",
+            started=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            n_layer=config.n_layer,
+            n_head=config.n_head,
+            n_embd=config.n_embd,
+            block_size=config.block_size,
+            parameters=pl_module.model.num_parameters(),
+            max_steps=trainer.max_steps,
+            device=name,
+            precision=str(trainer.precision),
+            world_size=trainer.world_size,
+        )
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: GPTModule, batch, batch_idx: int) -> None:
+        self._batch_start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: GPTModule, outputs, batch, batch_idx: int) -> None:
+        self._train_s += time.perf_counter() - self._batch_start
+        self._tokens += batch[0].numel() * trainer.world_size
+
+    @rank_zero_only
+    def on_validation_end(self, trainer: L.Trainer, pl_module: GPTModule) -> None:
+        if not trainer.sanity_checking:
+            write_record(self.path, **self._progress(trainer))
+
+    @rank_zero_only
+    def on_train_end(self, trainer: L.Trainer, pl_module: GPTModule) -> None:
+        write_record(self.path, status="finished", **self._progress(trainer))
+
+    @rank_zero_only
+    def on_exception(self, trainer: L.Trainer, pl_module: GPTModule, exception: BaseException) -> None:
+        write_record(self.path, **self._progress(trainer))
+        record_failure(self.path, exception)

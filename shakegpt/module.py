@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from typing import Any
@@ -63,7 +64,25 @@ class GPTModule(L.LightningModule):
         for split, losses in self._batch_losses.items():
             mean = self.trainer.strategy.reduce(torch.stack(losses).mean(), reduce_op="mean")
             self.eval_losses[split] = float(mean)
+            if not math.isfinite(self.eval_losses[split]):
+                raise ShakeGPTError(
+                    f"training diverged: the {split} loss is {self.eval_losses[split]} at step {self.global_step}; "
+                    f"try a lower optimizer.lr"
+                )
             self.log(f"{split}/loss", self.eval_losses[split], logger=False, prog_bar=True)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Dropout draws from the global generators; saving them makes a resumed run continue exactly.
+        checkpoint["rng_states"] = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        states = checkpoint.get("rng_states", {})
+        if "cpu" in states:
+            torch.set_rng_state(states["cpu"])
+        if "cuda" in states and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(states["cuda"])
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer_factory(self.parameters())

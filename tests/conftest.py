@@ -36,3 +36,15 @@ def shakespeare_path() -> Path:
     if not path.is_file():
         pytest.fail(f"tinyshakespeare not found at {path}; set DATA_DIR to a folder holding tinyshakespeare/input.txt")
     return path
+
+
+@pytest.fixture(scope="session")
+def sweep(tmp_path_factory):
+    """A real two-size sweep plus a job that cannot run (n_embd 32 is not divisible by 3 heads).
+
+    Returns (sweep folder, completed process)."""
+    tmp = tmp_path_factory.mktemp("sweep")
+    folder = tmp / "sweep"
+    proc = run_module("shakegpt.train", "-m", *TINY, "model.n_layer=1,2,3", f"hydra.sweep.dir={folder}", cwd=tmp)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return folder, proc

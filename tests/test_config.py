@@ -5,7 +5,7 @@ from hydra import compose, initialize_config_dir
 
 from shakegpt.errors import ShakeGPTError
 from shakegpt.model import GPT, GPTConfig
-from shakegpt.train import check_accelerator
+from shakegpt.train import check_accelerator, cpu_precision
 
 from .conftest import ROOT
 
@@ -54,7 +54,12 @@ def test_quick_preset_is_small():
 
 @pytest.mark.parametrize(
     ("hardware", "accelerator", "precision"),
-    [("cpu", "cpu", "32-true"), ("cuda", "cuda", "bf16-mixed"), ("mps", "mps", "32-true"), ("auto", "auto", "32-true")],
+    [
+        ("cpu", "cpu", cpu_precision()),
+        ("cuda", "cuda", "bf16-mixed"),
+        ("mps", "mps", "32-true"),
+        ("auto", "auto", "32-true"),
+    ],
 )
 def test_hardware_presets(hardware, accelerator, precision):
     cfg = composed(f"hardware={hardware}")

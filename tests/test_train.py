@@ -1,6 +1,7 @@
 """The real entry points, run as a user runs them, and what they leave on disk."""
 
 import csv
+import json
 import math
 import re
 from pathlib import Path
@@ -112,27 +113,26 @@ def test_resume_continues_from_the_last_checkpoint(run, tmp_path):
     assert [step for step, _, _ in eval_lines(proc.stdout)] == [30]
 
 
-def test_sweep_gives_one_folder_per_job_named_by_its_overrides(tmp_path):
-    sweep = tmp_path / "sweep"
-    proc = run_module(
-        "shakegpt.train",
-        "-m",
-        *TINY,
-        "model.n_layer=1,2",
-        f"hydra.sweep.dir={sweep}",
-        cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    jobs = sorted(path.name for path in sweep.iterdir() if path.is_dir())
-    assert jobs == [f"{LABEL},model.n_layer=1", f"{LABEL},model.n_layer=2"]
+def test_sweep_gives_one_folder_per_job_named_by_its_overrides(sweep):
+    folder, proc = sweep
+    jobs = sorted(path.name for path in folder.iterdir() if path.is_dir())
+    assert jobs == [f"{LABEL},model.n_layer={n}" for n in (1, 2, 3)]
     for n_layer in (1, 2):
-        checkpoint = torch.load(
-            sweep / f"{LABEL},model.n_layer={n_layer}" / "checkpoints" / "last.ckpt", weights_only=True
-        )
+        job = folder / f"{LABEL},model.n_layer={n_layer}"
+        checkpoint = torch.load(job / "checkpoints" / "last.ckpt", weights_only=True)
         config = checkpoint["hyper_parameters"]["model_config"]
         assert config["n_layer"] == config["n_head"] == n_layer
-        assert [e.step for e in events(sweep / f"{LABEL},model.n_layer={n_layer}").Scalars("val/loss")] == [0, 10, 20]
-    assert not (tmp_path / "outputs").exists()
+        assert [e.step for e in events(job).Scalars("val/loss")] == [0, 10, 20]
+    assert not (folder.parent / "outputs").exists()
+
+
+def test_a_failed_sweep_job_is_recorded_and_the_others_go_on(sweep):
+    folder, proc = sweep
+    record = json.loads((folder / f"{LABEL},model.n_layer=3" / "run.json").read_text())
+    assert record["status"] == "failed"
+    assert "not divisible" in record["error"]
+    assert "1 job(s) did not finish" in proc.stderr + proc.stdout
+    assert json.loads((folder / f"{LABEL},model.n_layer=2" / "run.json").read_text())["status"] == "finished"
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,405 @@
+"""Throughput, MFU and memory of the training, evaluation and sampling paths, against the classic script.
+
+    python scripts/bench.py                         # n_layer 1 2 6 12 on this machine's CPU settings
+    python scripts/bench.py --layers 6 12 --rounds 3 --json
+    python scripts/bench.py --hardware cuda --layers 6 12
+
+Contenders, at the classic config (batch 64, block 256, n_embd 384, dropout 0.2, AdamW 3e-4):
+  reference  the classic single-file script's model, written out below: one module per head, masked
+             softmax, fp32, a plain loop;
+  model      our GPT in a plain loop with the chosen hardware config's settings (precision, attention path);
+  lightning  the real path: our LightningModule, DataModule and Trainer, built as `python -m shakegpt.train`
+             builds them (progress bar, logger and callbacks included).
+Contenders alternate round by round; the table gives medians and the median of paired ratios.
+Generation: recompute (the classic loop, in eval mode), kv_exact and kv_fast, batch 1, from one token.
+MFU = tokens/s x FLOPs per token / the measured GEMM peak of the contender's precision, with nanoGPT's
+FLOPs per token: 6N + 12 L T C for a training step, a third of that for a forward pass.
+Peak memory: each training contender alone in a fresh process (ru_maxrss, or CUDA's peak allocation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+
+from shakegpt.model import GPT, GPTConfig
+from shakegpt.train import build
+
+ROOT = Path(__file__).resolve().parents[1]
+BATCH, BLOCK, N_EMBD, DROPOUT, VOCAB = 64, 256, 384, 0.2, 65
+
+
+# --- the classic script's model (the reference), written the way that script writes it -----------------
+class Head(nn.Module):
+    def __init__(self, head_size: int) -> None:
+        super().__init__()
+        self.key = nn.Linear(N_EMBD, head_size, bias=False)
+        self.query = nn.Linear(N_EMBD, head_size, bias=False)
+        self.value = nn.Linear(N_EMBD, head_size, bias=False)
+        self.register_buffer("tril", torch.tril(torch.ones(BLOCK, BLOCK)))
+        self.dropout = nn.Dropout(DROPOUT)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = x.shape[1]
+        k, q = self.key(x), self.query(x)
+        wei = q @ k.transpose(-2, -1) * k.shape[-1] ** -0.5
+        wei = self.dropout(F.softmax(wei.masked_fill(self.tril[:t, :t] == 0, float("-inf")), dim=-1))
+        return wei @ self.value(x)
+
+
+class MultiHeadAttention(nn.Module):
+    def __init__(self, num_heads: int, head_size: int) -> None:
+        super().__init__()
+        self.heads = nn.ModuleList(Head(head_size) for _ in range(num_heads))
+        self.proj = nn.Linear(head_size * num_heads, N_EMBD)
+        self.dropout = nn.Dropout(DROPOUT)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.proj(torch.cat([h(x) for h in self.heads], dim=-1)))
+
+
+class ReferenceBlock(nn.Module):
+    def __init__(self, n_head: int) -> None:
+        super().__init__()
+        self.sa = MultiHeadAttention(n_head, N_EMBD // n_head)
+        self.ffwd = nn.Sequential(
+            nn.Linear(N_EMBD, 4 * N_EMBD), nn.ReLU(), nn.Linear(4 * N_EMBD, N_EMBD), nn.Dropout(DROPOUT)
+        )
+        self.ln1, self.ln2 = nn.LayerNorm(N_EMBD), nn.LayerNorm(N_EMBD)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.sa(self.ln1(x))
+        return x + self.ffwd(self.ln2(x))
+
+
+class ReferenceGPT(nn.Module):
+    def __init__(self, n_layer: int) -> None:
+        super().__init__()
+        self.token_embedding_table = nn.Embedding(VOCAB, N_EMBD)
+        self.position_embedding_table = nn.Embedding(BLOCK, N_EMBD)
+        self.blocks = nn.Sequential(*[ReferenceBlock(n_layer) for _ in range(n_layer)])
+        self.ln_f = nn.LayerNorm(N_EMBD)
+        self.lm_head = nn.Linear(N_EMBD, VOCAB)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+        t = idx.shape[1]
+        x = self.token_embedding_table(idx) + self.position_embedding_table(torch.arange(t, device=idx.device))
+        logits = self.lm_head(self.ln_f(self.blocks(x)))
+        loss = None if targets is None else F.cross_entropy(logits.view(-1, VOCAB), targets.view(-1))
+        return logits, loss
+
+
+# --- helpers ---------------------------------------------------------------------------------------------
+def config(hardware: str, n_layer: int, *overrides: str):
+    out = tempfile.mkdtemp(prefix="shakegpt-bench-")
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(
+            config_name="train",
+            overrides=[
+                f"hardware={hardware}",
+                f"model.n_layer={n_layer}",
+                f"paths.output_dir={out}",
+                "callbacks.run_record.label=bench",
+                *overrides,
+            ],
+        )
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def autocast(device: torch.device, precision: str):
+    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def flops_per_token(params: int, n_layer: int) -> float:
+    return 6 * params + 12 * n_layer * BLOCK * N_EMBD
+
+
+def batches(device: torch.device, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(0)
+    return [
+        tuple(t.to(device) for t in torch.randint(VOCAB, (2, BATCH, BLOCK), generator=g).unbind(0)) for _ in range(n)
+    ]
+
+
+def time_plain_training(model: nn.Module, device, precision, fused, steps: int) -> float:
+    """tokens/s of a plain training loop, after one warm-up step."""
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, fused=fused)
+    data = batches(device, steps + 1)
+    for i, (x, y) in enumerate(data):
+        if i == 1:
+            sync(device)
+            start = time.perf_counter()
+        with autocast(device, precision):
+            _, loss = model(x, y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    sync(device)
+    return steps * BATCH * BLOCK / (time.perf_counter() - start)
+
+
+@torch.no_grad()
+def time_plain_eval(model: nn.Module, device, precision, n_batches: int) -> float:
+    model.eval()
+    data = batches(device, n_batches + 1)
+    for i, (x, y) in enumerate(data):
+        if i == 1:
+            sync(device)
+            start = time.perf_counter()
+        with autocast(device, precision):
+            model(x, y)
+    sync(device)
+    return n_batches * BATCH * BLOCK / (time.perf_counter() - start)
+
+
+class StepTimer(L.Callback):
+    """Times the training steps after the first (warm-up) one."""
+
+    def __init__(self) -> None:
+        self.start = self.end = 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == 1:
+            sync(pl_module.device)
+            self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        sync(pl_module.device)
+        self.end = time.perf_counter()
+
+
+def lightning_overrides(steps: int, eval_batches: int) -> list[str]:
+    return [
+        f"trainer.max_steps={steps + 1}",
+        f"trainer.val_check_interval={10 * (steps + 1)}",
+        f"trainer.limit_val_batches={eval_batches}",
+        "trainer.num_sanity_val_steps=0",
+        "callbacks.progress_bar.refresh_rate=1",
+    ]
+
+
+def time_lightning_training(hardware: str, n_layer: int, steps: int) -> float:
+    timer = StepTimer()
+    trainer, module, datamodule = build(config(hardware, n_layer, *lightning_overrides(steps, 0)), callbacks=[timer])
+    trainer.fit(module, datamodule=datamodule)
+    return steps * BATCH * BLOCK / (timer.end - timer.start)
+
+
+def time_lightning_eval(hardware: str, n_layer: int, n_batches: int) -> float:
+    trainer, module, datamodule = build(config(hardware, n_layer, *lightning_overrides(0, n_batches)))
+    trainer.validate(module, datamodule=datamodule, verbose=False)  # warm-up
+    sync(module.device)
+    start = time.perf_counter()
+    trainer.validate(module, datamodule=datamodule, verbose=False)
+    sync(module.device)
+    return 2 * n_batches * BATCH * BLOCK / (time.perf_counter() - start)
+
+
+def gemm_gflops(device: torch.device, dtype: torch.dtype, size: int) -> float:
+    a, b = torch.randn(size, size, device=device, dtype=dtype), torch.randn(size, size, device=device, dtype=dtype)
+    a @ b
+    sync(device)
+    start, reps = time.perf_counter(), 5
+    for _ in range(reps):
+        a @ b
+    sync(device)
+    return reps * 2 * size**3 / (time.perf_counter() - start) / 1e9
+
+
+def peak_memory_mb(contender: str, hardware: str, n_layer: int) -> float:
+    """Peak memory of two training steps of one contender, alone in a fresh process."""
+    script = (
+        "import sys, json; sys.argv = ['bench']; import bench; "
+        f"print(json.dumps(bench.measure_memory({contender!r}, {hardware!r}, {n_layer})))"
+    )
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'scripts'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=False)
+    if proc.returncode != 0:
+        return float("nan")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def measure_memory(contender: str, hardware: str, n_layer: int) -> float:
+    cfg = config(hardware, n_layer)
+    device = torch.device("cuda" if cfg.hardware.accelerator in ("cuda", "gpu") else "cpu")
+    if contender == "lightning":
+        time_lightning_training(hardware, n_layer, steps=1)
+    else:
+        model = ReferenceGPT(n_layer) if contender == "reference" else GPT(gpt_config(n_layer))
+        precision = "32-true" if contender == "reference" else cfg.hardware.precision
+        fused = None if contender == "reference" else cfg.hardware.fused_optimizer
+        time_plain_training(model.to(device), device, precision, fused, steps=1)
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def gpt_config(n_layer: int) -> GPTConfig:
+    return GPTConfig(
+        vocab_size=VOCAB, block_size=BLOCK, n_layer=n_layer, n_head=n_layer, n_embd=N_EMBD, dropout=DROPOUT
+    )
+
+
+def free() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# --- the benchmark ---------------------------------------------------------------------------------------
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layers", type=int, nargs="+", default=[1, 2, 6, 12])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=3, help="timed training steps per contender and round")
+    parser.add_argument("--eval-batches", type=int, default=4, help="timed eval batches per contender and round")
+    parser.add_argument("--hardware", default="cpu", help="the hardware config the contenders use")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["train", "eval", "generate", "memory", "gemm"])
+    parser.add_argument("--json", action="store_true", help="one JSON object per line per measurement")
+    args = parser.parse_args()
+
+    hw = config(args.hardware, 1).hardware
+    device = torch.device("cuda" if hw.accelerator in ("cuda", "gpu") else "cpu")
+    torch.set_float32_matmul_precision(hw.matmul_precision)
+    results: list[dict] = []
+
+    def emit(row: dict) -> None:
+        results.append(row)
+        if args.json:
+            print(json.dumps(row), flush=True)
+
+    peaks = {}
+    if "gemm" not in args.skip:
+        size = 8192 if device.type == "cuda" else 2048
+        for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+            peaks[name] = max(gemm_gflops(device, dtype, size) for _ in range(3))
+            emit({"kind": "gemm", "contender": name, "n_layer": None, "gflops": round(peaks[name], 1)})
+    ours_peak = peaks.get("bf16" if "bf16" in hw.precision else "fp32")
+
+    for n_layer in args.layers:
+        params = GPT(gpt_config(n_layer)).num_parameters()
+        train_flops = flops_per_token(params, n_layer)
+        torch.manual_seed(0)
+        reference, ours = ReferenceGPT(n_layer).to(device), GPT(gpt_config(n_layer)).to(device)
+        kinds: dict[str, dict[str, Callable[[], float]]] = {
+            "train": {
+                "reference": partial(time_plain_training, reference, device, "32-true", None, args.steps),
+                "model": partial(time_plain_training, ours, device, hw.precision, hw.fused_optimizer, args.steps),
+                "lightning": partial(time_lightning_training, args.hardware, n_layer, args.steps),
+            },
+            "eval": {
+                "reference": partial(time_plain_eval, reference, device, "32-true", args.eval_batches),
+                "model": partial(time_plain_eval, ours, device, hw.precision, args.eval_batches),
+                # Lightning evaluates both splits: half the batches each, the same total.
+                "lightning": partial(time_lightning_eval, args.hardware, n_layer, max(1, args.eval_batches // 2)),
+            },
+        }
+        for kind, contenders in kinds.items():
+            if kind in args.skip:
+                continue
+            samples: dict[str, list[float]] = {name: [] for name in contenders}
+            for _ in range(args.rounds):
+                for name, measure in contenders.items():
+                    samples[name].append(measure())
+                    free()
+            flops = train_flops if kind == "train" else train_flops / 3
+            for name, values in samples.items():
+                ratios = [v / r for v, r in zip(values, samples["reference"], strict=True)]
+                peak = peaks.get("fp32") if name == "reference" else ours_peak
+                tokens_per_s = statistics.median(values)
+                emit(
+                    {
+                        "kind": kind,
+                        "contender": name,
+                        "n_layer": n_layer,
+                        "tokens_per_s": round(tokens_per_s),
+                        "ratio_vs_reference": round(statistics.median(ratios), 3),
+                        "mfu": round(tokens_per_s * flops / (peak * 1e9), 3) if peak else None,
+                        "rounds": args.rounds,
+                    }
+                )
+        if "memory" not in args.skip:
+            for name in ("reference", "model", "lightning"):
+                emit(
+                    {
+                        "kind": "memory",
+                        "contender": name,
+                        "n_layer": n_layer,
+                        "peak_mb": round(peak_memory_mb(name, args.hardware, n_layer)),
+                    }
+                )
+        if "generate" not in args.skip and n_layer >= 6:
+            ours.eval()
+            for new_tokens in (255, 500):
+                modes = {"recompute": "off", "kv_exact": "exact", "kv_fast": "fast"}
+                samples = {name: [] for name in modes}
+                for _ in range(args.rounds):
+                    for name, mode in modes.items():
+                        start = time.perf_counter()
+                        ours.generate(torch.zeros(1, 1, dtype=torch.long, device=device), new_tokens, kv_cache=mode)
+                        sync(device)
+                        samples[name].append(new_tokens / (time.perf_counter() - start))
+                for name, values in samples.items():
+                    ratios = [v / r for v, r in zip(values, samples["recompute"], strict=True)]
+                    emit(
+                        {
+                            "kind": "generate",
+                            "contender": name,
+                            "n_layer": n_layer,
+                            "new_tokens": new_tokens,
+                            "tokens_per_s": round(statistics.median(values), 1),
+                            "ratio_vs_reference": round(statistics.median(ratios), 2),
+                        }
+                    )
+        del reference, ours
+        free()
+
+    if not args.json:
+        print_table(results, args, device)
+
+
+def print_table(results: list[dict], args, device) -> None:
+    print(f"\ndevice: {device}, hardware={args.hardware}, threads={torch.get_num_threads()}, rounds={args.rounds}")
+    print(f"{'kind':<9}{'contender':<11}{'n_layer':>8}{'extra':>8}{'tokens/s':>12}{'x ref':>8}{'MFU':>7}{'peak MB':>9}")
+    for row in results:
+        if row["kind"] == "gemm":
+            print(f"{'gemm':<9}{row['contender']:<11}{'':>8}{'':>8}{row['gflops']:>10.1f} GFLOP/s")
+            continue
+        tps = f"{row['tokens_per_s']:,}" if "tokens_per_s" in row else ""
+        ratio = f"{row['ratio_vs_reference']:.2f}" if "ratio_vs_reference" in row else ""
+        mfu = f"{row['mfu']:.1%}" if row.get("mfu") is not None else ""
+        extra = str(row.get("new_tokens", ""))
+        peak = f"{row['peak_mb']:,}" if "peak_mb" in row else ""
+        print(
+            f"{row['kind']:<9}{row['contender']:<11}{row['n_layer']:>8}{extra:>8}{tps:>12}{ratio:>8}{mfu:>7}{peak:>9}"
+        )
+
+
+if __name__ == "__main__":
+    main()
