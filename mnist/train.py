@@ -31,6 +31,9 @@ from tqdm import tqdm
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+# An absolute path, so the entry point also works when launchers import it as a module.
+CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf" / "mnist")
+
 log = logging.getLogger(__name__)
 MEAN, STD = 0.1307, 0.3081  # of the MNIST training pixels in [0, 1]
 
@@ -259,7 +262,7 @@ def run(cfg: DictConfig) -> float:
     return accuracy
 
 
-@hydra.main(version_base="1.3", config_path="../conf/mnist", config_name="train")
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float:
     try:
         return run(cfg)

@@ -120,9 +120,13 @@ class TextSamples(L.Callback):
             self._write(trainer, pl_module, "final", "samples/final", self.final_tokens)
 
 
+def read_record(path: Path) -> dict[str, object]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def write_record(path: Path, **updates: object) -> dict[str, object]:
     """Merge updates into the run record at path; written whole, so readers never see half a file."""
-    record = json.loads(path.read_text()) if path.is_file() else {}
+    record = read_record(path)
     record.update(updates)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
@@ -133,7 +137,8 @@ def write_record(path: Path, **updates: object) -> dict[str, object]:
 
 def record_failure(path: Path, error: BaseException) -> None:
     """Note in the run record that the run failed, and why (also for failures before training starts)."""
-    status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+    # Ctrl-C raises KeyboardInterrupt; Lightning turns SIGTERM into a SystemExit.
+    status = "interrupted" if isinstance(error, (KeyboardInterrupt, SystemExit)) else "failed"
     write_record(path, status=status, error=f"{type(error).__name__}: {error}")
 
 
@@ -198,7 +203,9 @@ class RunRecord(L.Callback):
 
     @rank_zero_only
     def on_train_end(self, trainer: L.Trainer, pl_module: GPTModule) -> None:
-        write_record(self.path, status="finished", **self._progress(trainer))
+        best = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
+        best_val_loss = float(best) if best is not None else None
+        write_record(self.path, status="finished", best_val_loss=best_val_loss, **self._progress(trainer))
 
     @rank_zero_only
     def on_exception(self, trainer: L.Trainer, pl_module: GPTModule, exception: BaseException) -> None:

@@ -114,7 +114,9 @@ class RandomWindows(IterableDataset):
         self.offsets = torch.arange(block_size + 1)
 
     def __len__(self) -> int:
-        return max(0, self.stop - self.start)
+        # The whole epoch, batches 0 to stop - 1, also when iteration resumes at start: Lightning restores how
+        # many batches of the epoch were done and would otherwise end the epoch early and start it again.
+        return self.stop
 
     def batch(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         # Hashes of int tuples are not randomised between processes, so seeds are stable.
@@ -175,7 +177,9 @@ class CharDataModule(L.LightningDataModule):
         return self.trainer.global_rank if self.trainer is not None else 0
 
     def _loader(self, dataset: RandomWindows) -> DataLoader:
-        return DataLoader(dataset, batch_size=None, pin_memory=self.pin_memory)
+        # A generator of its own: otherwise every new iterator draws from the global RNG, which dropout uses,
+        # and a resumed run (which creates iterators at other moments) would drift from an uninterrupted one.
+        return DataLoader(dataset, batch_size=None, pin_memory=self.pin_memory, generator=torch.Generator())
 
     def train_dataloader(self) -> DataLoader:
         start, stop = 0, 1_000_000

@@ -2,38 +2,25 @@
 
 from __future__ import annotations
 
-import pickle
-import zipfile
 from pathlib import Path
 
 import hydra
 import torch
 from omegaconf import DictConfig
 
+from shakegpt.checkpoint import read_checkpoint, resolve_checkpoint
 from shakegpt.errors import ShakeGPTError
 from shakegpt.module import GPTModule
 
-
-def resolve_checkpoint(ckpt_path: str) -> Path:
-    """A .ckpt file as given, or for a run folder its best checkpoint (lowest val loss)."""
-    path = Path(ckpt_path).expanduser()
-    if path.is_dir():
-        path = path / "checkpoints" / "best.ckpt"
-    if not path.is_file():
-        raise ShakeGPTError(f"no checkpoint at {path}: give a .ckpt file or a run folder holding checkpoints/")
-    return path
+# An absolute path, so the entry point also works when launchers import it as a module.
+CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 
 def load_module(ckpt_path: str, device: str = "cpu") -> GPTModule:
-    """Rebuild the model and its vocabulary from a checkpoint alone."""
-    path = resolve_checkpoint(ckpt_path)
-    try:
-        checkpoint = torch.load(path, map_location=device, weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile):
-        raise ShakeGPTError(f"{path} is not a readable checkpoint: truncated, corrupt, or not a PyTorch file") from None
-    hparams = checkpoint.get("hyper_parameters", {}) if isinstance(checkpoint, dict) else {}
-    if not {"model_config", "vocab"} <= hparams.keys() or "state_dict" not in checkpoint:
-        raise ShakeGPTError(f"{path} is not a shakegpt checkpoint: it lacks the model config and vocabulary")
+    """Rebuild the model and its vocabulary from a checkpoint alone (a run folder means its best one)."""
+    path = resolve_checkpoint(ckpt_path, "best.ckpt")
+    checkpoint = read_checkpoint(path, device)
+    hparams = checkpoint["hyper_parameters"]
     module = GPTModule(hparams["model_config"], hparams["vocab"])
     try:
         module.load_state_dict(checkpoint["state_dict"])
@@ -50,7 +37,7 @@ def pick_device(device: str) -> str:
     return "mps" if torch.backends.mps.is_available() else "cpu"
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="generate")
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="generate")
 def main(cfg: DictConfig) -> None:
     try:
         if cfg.ckpt_path is None:

@@ -34,6 +34,7 @@ class GPTModule(L.LightningModule):
         # Mean loss per split at the latest evaluation; the val dataloaders come in this order.
         self.splits = ("train", "val")
         self.eval_losses: dict[str, float] = {}
+        self._rng_states_to_restore: dict[str, Any] | None = None
 
     @classmethod
     def from_model(cls, config: GPTConfig, tokenizer: CharTokenizer, optimizer: OptimizerFactory | None = None):
@@ -69,7 +70,8 @@ class GPTModule(L.LightningModule):
                     f"training diverged: the {split} loss is {self.eval_losses[split]} at step {self.global_step}; "
                     f"try a lower optimizer.lr"
                 )
-            self.log(f"{split}/loss", self.eval_losses[split], logger=False, prog_bar=True)
+            # Already averaged over ranks; sync_dist only keeps Lightning from warning that it is not.
+            self.log(f"{split}/loss", self.eval_losses[split], logger=False, prog_bar=True, sync_dist=True)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Dropout draws from the global generators; saving them makes a resumed run continue exactly.
@@ -78,9 +80,14 @@ class GPTModule(L.LightningModule):
             checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state_all()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        states = checkpoint.get("rng_states", {})
-        if "cpu" in states:
-            torch.set_rng_state(states["cpu"])
+        self._rng_states_to_restore = checkpoint.get("rng_states")
+
+    def on_train_start(self) -> None:
+        # Restored here, not on load: Lightning re-seeds the global generators after its sanity check.
+        states, self._rng_states_to_restore = self._rng_states_to_restore, None
+        if states is None:
+            return
+        torch.set_rng_state(states["cpu"])
         if "cuda" in states and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(states["cuda"])
 

@@ -48,3 +48,13 @@ def sweep(tmp_path_factory):
     proc = run_module("shakegpt.train", "-m", *TINY, "model.n_layer=1,2,3", f"hydra.sweep.dir={folder}", cwd=tmp)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return folder, proc
+
+
+@pytest.fixture(scope="session")
+def run(tmp_path_factory):
+    """One tiny training run shared by the tests below: (run folder, completed process)."""
+    tmp = tmp_path_factory.mktemp("train")
+    folder = tmp / "run"
+    proc = run_module("shakegpt.train", *TINY, f"hydra.run.dir={folder}", cwd=tmp)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return folder, proc

@@ -39,7 +39,7 @@ def test_batch_k_is_the_same_whatever_step_the_loader_starts_from():
     tokens = torch.arange(1000)
     from_zero = list(windows(tokens))
     resumed = list(windows(tokens, start=6))
-    assert len(resumed) == 4
+    assert len(resumed) == 4 and len(windows(tokens, start=6)) == 10  # the epoch stays 10 batches long
     assert all(torch.equal(a[0], b[0]) for a, b in zip(from_zero[6:], resumed, strict=True))
 
 

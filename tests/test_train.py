@@ -30,16 +30,6 @@ def events(folder: Path) -> EventAccumulator:
     return accumulator
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """One tiny training run shared by the tests below: (run folder, completed process)."""
-    tmp = tmp_path_factory.mktemp("train")
-    folder = tmp / "run"
-    proc = run_module("shakegpt.train", *TINY, f"hydra.run.dir={folder}", cwd=tmp)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return folder, proc
-
-
 def test_prints_parameters_and_classic_loss_lines(run):
     _, proc = run
     assert "0.017921 M parameters" in proc.stdout

@@ -1,0 +1,49 @@
+"""Finding and reading shakegpt checkpoints, with clear errors for files that are not ours."""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from shakegpt.errors import ShakeGPTError
+
+
+def resolve_checkpoint(ckpt_path: str, default_name: str) -> Path:
+    """A .ckpt file as given, or for a run folder its checkpoints/<default_name>."""
+    path = Path(ckpt_path).expanduser()
+    if path.is_dir():
+        path = path / "checkpoints" / default_name
+    if not path.is_file():
+        raise ShakeGPTError(f"no checkpoint at {path}: give a .ckpt file or a run folder holding checkpoints/")
+    return path
+
+
+def read_checkpoint(path: Path, device: str = "cpu") -> dict[str, Any]:
+    """The checkpoint's contents, once they are known to be a readable shakegpt checkpoint."""
+    try:
+        checkpoint = torch.load(path, map_location=device, weights_only=True)
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile):
+        raise ShakeGPTError(f"{path} is not a readable checkpoint: truncated, corrupt, or not a PyTorch file") from None
+    hparams = checkpoint.get("hyper_parameters", {}) if isinstance(checkpoint, dict) else {}
+    if not {"model_config", "vocab"} <= hparams.keys() or "state_dict" not in checkpoint:
+        raise ShakeGPTError(f"{path} is not a shakegpt checkpoint: it lacks the model config and vocabulary")
+    return checkpoint
+
+
+def check_resumable(path: Path, model_config: dict[str, Any], vocab: str) -> None:
+    """Refuse to resume from a checkpoint of another vocabulary or another model shape."""
+    hparams = read_checkpoint(path)["hyper_parameters"]
+    if hparams["vocab"] != vocab:
+        raise ShakeGPTError(
+            f"{path} was trained on another vocabulary ({len(hparams['vocab'])} characters) than this run's data "
+            f"({len(vocab)} characters): resume with the data it was trained on"
+        )
+    if hparams["model_config"] != model_config:
+        raise ShakeGPTError(
+            f"{path} holds a model with {hparams['model_config']}, but this run asks for {model_config}: "
+            "resume with the model overrides it was trained with"
+        )

@@ -1,0 +1,182 @@
+"""Scaling out and surviving faults: DDP (also inside a sweep), launchers, Optuna, interruptions, resumes."""
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from shakegpt.checkpoint import check_resumable, resolve_checkpoint
+from shakegpt.errors import ShakeGPTError
+from shakegpt.generate import load_module
+from shakegpt.train import check_accelerator
+
+from .conftest import ROOT, TINY, run_module
+
+LABEL = "experiment=smoke,hardware=cpu"
+
+
+def job_records(sweep) -> dict[str, dict]:
+    return {path.parent.name: json.loads(path.read_text()) for path in sweep.glob("*/run.json")}
+
+
+def leftover_processes(marker: str) -> list[str]:
+    found = subprocess.run(["pgrep", "-af", marker], capture_output=True, text=True).stdout
+    return [line for line in found.splitlines() if "pgrep" not in line]
+
+
+def test_ddp_inside_a_multirun_runs_each_job_once_in_its_own_folder(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_module(
+        "shakegpt.train", "-m", *TINY, "trainer=ddp", "hardware.devices=2", "model.n_layer=1,2",
+        f"hydra.sweep.dir={sweep}", cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = job_records(sweep)
+    assert sorted(records) == [
+        f"experiment=smoke,hardware.devices=2,hardware=cpu,model.n_layer={n},trainer=ddp" for n in (1, 2)
+    ]
+    for name, record in records.items():
+        assert record["status"] == "finished" and record["world_size"] == 2
+        assert record["n_layer"] == int(name.split("model.n_layer=")[1][0])
+        assert (sweep / name / "train_ddp_process_1.log").is_file()  # rank 1 ran in this job's folder
+    assert len(re.findall(r"step 20:", proc.stdout)) == 2  # two jobs, each reported once, by rank 0
+    assert not (tmp_path / "outputs").exists()  # no rank re-ran the sweep elsewhere
+    assert leftover_processes(str(sweep)) == []
+
+
+def test_sigterm_leaves_a_checkpoint_that_resumes_to_the_same_losses(tmp_path):
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "shakegpt.train", *TINY, "trainer.max_steps=100000", f"hydra.run.dir={run}"]
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    for line in process.stdout:
+        if "step 10:" in line:
+            break
+    time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=120)
+    record = json.loads((run / "run.json").read_text())
+    assert record["status"] == "interrupted"
+    stopped_at = record["steps"]
+    assert stopped_at >= 10 and (run / "checkpoints" / "last.ckpt").is_file()
+
+    target = stopped_at + 15
+    resumed = run_module(
+        "shakegpt.train", *TINY, f"trainer.max_steps={target}", f"hydra.run.dir={run}", "resume=true", cwd=tmp_path
+    )
+    fresh = run_module(
+        "shakegpt.train", *TINY, f"trainer.max_steps={target}", f"hydra.run.dir={tmp_path / 'fresh'}", cwd=tmp_path
+    )
+    final = re.compile(rf"step {target}: train loss ([\d.]+), val loss ([\d.]+)")
+    assert final.search(resumed.stdout).groups() == final.search(fresh.stdout).groups()
+    assert json.loads((run / "run.json").read_text())["status"] == "finished"
+
+
+def test_resume_skips_the_finished_jobs_of_a_sweep(sweep):
+    folder, _ = sweep
+    before = {
+        name: (folder / name / "metrics.csv").read_text() for name in job_records(folder) if "n_layer=3" not in name
+    }
+    proc = run_module(
+        "shakegpt.train",
+        "-m",
+        *TINY,
+        "model.n_layer=1,2,3",
+        f"hydra.sweep.dir={folder}",
+        "resume=true",
+        cwd=folder.parent,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(re.findall(r"finished already; skipped", proc.stdout + proc.stderr)) == 2
+    assert {name: (folder / name / "metrics.csv").read_text() for name in before} == before
+    assert sorted(job_records(folder)) == sorted([*before, f"{LABEL},model.n_layer=3"])  # no new folders
+
+
+def test_optuna_search_records_failed_and_diverged_trials_and_goes_on(tmp_path):
+    sweep = tmp_path / "search"
+    proc = run_module(
+        "shakegpt.train", "hparams_search=optuna", *TINY, "hydra.sweeper.n_trials=4", "model.n_layer=choice(1,3)",
+        "optimizer.lr=choice(3e-4,1e6)", f"hydra.sweep.dir={sweep}", cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    statuses = [record["status"] for record in job_records(sweep).values()]
+    assert len(statuses) == 4 and "finished" in statuses and "failed" in statuses
+    errors = " ".join(record.get("error", "") for record in job_records(sweep).values())
+    assert "diverged" in errors or "not divisible" in errors
+    results = (sweep / "optimization_results.yaml").read_text()
+    assert "best_value: 3.9" in results
+
+
+@pytest.mark.parametrize("launcher", ["submitit_local", "joblib"])
+def test_launchers_run_the_jobs_of_a_sweep(tmp_path, launcher):
+    sweep = tmp_path / "sweep"
+    proc = run_module(
+        "shakegpt.train", "-m", f"hydra/launcher={launcher}", *TINY, "model.n_layer=1,2", f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = job_records(sweep)
+    assert len(records) == 2 and all(record["status"] == "finished" for record in records.values())
+    # Each job ran in a process of its own, not the one that launched the sweep.
+    pids = {path.name.split(".")[-2] for path in sweep.glob("*/events.out.tfevents.*")}
+    assert len(pids) == 2 if launcher == "submitit_local" else len(pids) >= 1
+    assert (sweep / "report.md").is_file()
+
+
+def test_slurm_launcher_composes_from_config():
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(
+            config_name="train",
+            overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hardware=cuda", "hardware.devices=4"],
+            return_hydra_config=True,
+        )
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.partition, launcher.gpus_per_node, launcher.tasks_per_node) == ("gpu", 4, 4)
+    assert launcher.timeout_min == 240
+
+
+def test_checkpoints_that_are_not_ours_or_truncated_are_refused(tmp_path, run):
+    folder, _ = run
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes((folder / "checkpoints" / "best.ckpt").read_bytes()[:5000])
+    with pytest.raises(ShakeGPTError, match="not a readable checkpoint"):
+        load_module(str(truncated))
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {}, "epoch": 3}, foreign)
+    with pytest.raises(ShakeGPTError, match="not a shakegpt checkpoint"):
+        load_module(str(foreign))
+    with pytest.raises(ShakeGPTError, match="no checkpoint at"):
+        load_module(str(tmp_path / "nothing-here"))
+
+
+def test_resuming_from_another_vocabulary_or_model_is_refused(run):
+    folder, _ = run
+    last = resolve_checkpoint(str(folder), "last.ckpt")
+    module = load_module(str(folder))
+    config, vocab = asdict(module.model.config), "".join(module.tokenizer.chars)
+    check_resumable(last, config, vocab)
+    with pytest.raises(ShakeGPTError, match="another vocabulary"):
+        check_resumable(last, config, vocab[:-1])
+    with pytest.raises(ShakeGPTError, match="resume with the model overrides"):
+        check_resumable(last, {**config, "n_layer": 2}, vocab)
+
+
+def test_cuda_where_there_is_none_is_refused():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ShakeGPTError, match="hardware=cuda was asked for"):
+        check_accelerator("cuda")
+
+
+def test_an_output_folder_that_cannot_be_created_is_refused(tmp_path):
+    (tmp_path / "a-file").write_text("")
+    proc = run_module("shakegpt.train", *TINY, f"hydra.run.dir={tmp_path / 'a-file' / 'run'}", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "cannot create the output folder" in proc.stderr and "Traceback" not in proc.stderr
