@@ -12,9 +12,11 @@ Contenders, at the classic config (batch 64, block 256, n_embd 384, dropout 0.2,
              builds them (progress bar, logger and callbacks included).
 Contenders alternate round by round; the table gives medians and the median of paired ratios.
 Generation: recompute (the classic loop, in eval mode), kv_exact and kv_fast, batch 1, from one token.
+Batches: the classic per-row slicing and stacking against RandomWindows' single gather, windows per second.
 MFU = tokens/s x FLOPs per token / the measured GEMM peak of the contender's precision, with nanoGPT's
 FLOPs per token: 6N + 12 L T C for a training step, a third of that for a forward pass.
-Peak memory: each training contender alone in a fresh process (ru_maxrss, or CUDA's peak allocation).
+Peak memory: each training contender alone in a fresh process for two steps: the process's peak resident
+memory (ru_maxrss, imports included), or CUDA's peak allocation.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 
+from shakegpt.data import RandomWindows
 from shakegpt.model import GPT, GPTConfig
 from shakegpt.train import build
 
@@ -221,6 +224,24 @@ def time_lightning_eval(hardware: str, n_layer: int, n_batches: int) -> float:
     return 2 * n_batches * BATCH * BLOCK / (time.perf_counter() - start)
 
 
+def time_batch_gathering(contender: str, rounds: int = 50) -> float:
+    """Windows per second: the classic per-row slices and stack, or RandomWindows' one gather."""
+    tokens = torch.randint(VOCAB, (1_000_000,))
+    if contender == "reference":
+
+        def draw() -> torch.Tensor:
+            starts = torch.randint(len(tokens) - BLOCK, (BATCH,))
+            return torch.stack([tokens[i : i + BLOCK + 1] for i in starts])
+    else:
+        windows = RandomWindows(tokens, BLOCK, BATCH, seed=0, stream=0, rank=0, start=0, stop=rounds)
+        draw = partial(windows.batch, 0)
+    draw()
+    start = time.perf_counter()
+    for _ in range(rounds):
+        draw()
+    return rounds * BATCH / (time.perf_counter() - start)
+
+
 def gemm_gflops(device: torch.device, dtype: torch.dtype, size: int) -> float:
     a, b = torch.randn(size, size, device=device, dtype=dtype), torch.randn(size, size, device=device, dtype=dtype)
     a @ b
@@ -280,7 +301,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed training steps per contender and round")
     parser.add_argument("--eval-batches", type=int, default=4, help="timed eval batches per contender and round")
     parser.add_argument("--hardware", default="cpu", help="the hardware config the contenders use")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["train", "eval", "generate", "memory", "gemm"])
+    parser.add_argument(
+        "--skip", nargs="*", default=[], choices=["train", "eval", "generate", "memory", "gemm", "batch"]
+    )
     parser.add_argument("--json", action="store_true", help="one JSON object per line per measurement")
     args = parser.parse_args()
 
@@ -294,6 +317,14 @@ def main() -> None:
         if args.json:
             print(json.dumps(row), flush=True)
 
+    # Memory first, in fresh processes, while this one is still small: at n_layer 12 the reference alone
+    # takes most of a 24 GB machine.
+    if "memory" not in args.skip:
+        for n_layer in args.layers:
+            for name in ("reference", "model", "lightning"):
+                peak_mb = round(peak_memory_mb(name, args.hardware, n_layer))
+                emit({"kind": "memory", "contender": name, "n_layer": n_layer, "peak_mb": peak_mb})
+
     peaks = {}
     if "gemm" not in args.skip:
         size = 8192 if device.type == "cuda" else 2048
@@ -301,6 +332,20 @@ def main() -> None:
             peaks[name] = max(gemm_gflops(device, dtype, size) for _ in range(3))
             emit({"kind": "gemm", "contender": name, "n_layer": None, "gflops": round(peaks[name], 1)})
     ours_peak = peaks.get("bf16" if "bf16" in hw.precision else "fp32")
+
+    if "batch" not in args.skip:
+        gathered = {name: [time_batch_gathering(name) for _ in range(args.rounds)] for name in ("reference", "model")}
+        for name, values in gathered.items():
+            ratios = [v / r for v, r in zip(values, gathered["reference"], strict=True)]
+            emit(
+                {
+                    "kind": "batch",
+                    "contender": name,
+                    "n_layer": None,
+                    "windows_per_s": round(statistics.median(values)),
+                    "ratio_vs_reference": round(statistics.median(ratios), 2),
+                }
+            )
 
     for n_layer in args.layers:
         params = GPT(gpt_config(n_layer)).num_parameters()
@@ -344,16 +389,6 @@ def main() -> None:
                         "rounds": args.rounds,
                     }
                 )
-        if "memory" not in args.skip:
-            for name in ("reference", "model", "lightning"):
-                emit(
-                    {
-                        "kind": "memory",
-                        "contender": name,
-                        "n_layer": n_layer,
-                        "peak_mb": round(peak_memory_mb(name, args.hardware, n_layer)),
-                    }
-                )
         if "generate" not in args.skip and n_layer >= 6:
             ours.eval()
             for new_tokens in (255, 500):
@@ -390,6 +425,12 @@ def print_table(results: list[dict], args, device) -> None:
     for row in results:
         if row["kind"] == "gemm":
             print(f"{'gemm':<9}{row['contender']:<11}{'':>8}{'':>8}{row['gflops']:>10.1f} GFLOP/s")
+            continue
+        if row["kind"] == "batch":
+            ratio = row["ratio_vs_reference"]
+            print(
+                f"{'batch':<9}{row['contender']:<11}{'':>8}{'':>8}{row['windows_per_s']:>10,} windows/s {ratio:>5.2f}"
+            )
             continue
         tps = f"{row['tokens_per_s']:,}" if "tokens_per_s" in row else ""
         ratio = f"{row['ratio_vs_reference']:.2f}" if "ratio_vs_reference" in row else ""

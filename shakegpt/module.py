@@ -37,7 +37,9 @@ class GPTModule(L.LightningModule):
         self._rng_states_to_restore: dict[str, Any] | None = None
 
     @classmethod
-    def from_model(cls, config: GPTConfig, tokenizer: CharTokenizer, optimizer: OptimizerFactory | None = None):
+    def from_model(
+        cls, config: GPTConfig, tokenizer: CharTokenizer, optimizer: OptimizerFactory | None = None
+    ) -> GPTModule:
         return cls(asdict(config), "".join(tokenizer.chars), optimizer)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:

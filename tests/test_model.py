@@ -94,3 +94,11 @@ def test_fast_kv_cache_matches_inside_the_window_and_keeps_going_past_it():
 def test_generate_rejects_a_non_positive_temperature():
     with pytest.raises(ShakeGPTError, match="temperature"):
         tiny().generate(torch.zeros(1, 1, dtype=torch.long), 3, temperature=0)
+
+
+def test_compiling_in_place_keeps_checkpoint_keys():
+    model = tiny()
+    keys = set(model.state_dict())
+    model.compile()  # what hardware.compile=true does; compiles lazily, on the first forward
+    assert set(model.state_dict()) == keys
+    assert not any("_orig_mod" in key for key in keys)
