@@ -210,17 +210,19 @@ def lightning_overrides(steps: int, eval_batches: int) -> list[str]:
 def time_lightning_training(hardware: str, n_layer: int, steps: int) -> float:
     timer = StepTimer()
     trainer, module, datamodule = build(config(hardware, n_layer, *lightning_overrides(steps, 0)), callbacks=[timer])
-    trainer.fit(module, datamodule=datamodule)
+    with contextlib.redirect_stdout(sys.stderr):  # the progress bar runs, but stdout stays for the results
+        trainer.fit(module, datamodule=datamodule)
     return steps * BATCH * BLOCK / (timer.end - timer.start)
 
 
 def time_lightning_eval(hardware: str, n_layer: int, n_batches: int) -> float:
     trainer, module, datamodule = build(config(hardware, n_layer, *lightning_overrides(0, n_batches)))
-    trainer.validate(module, datamodule=datamodule, verbose=False)  # warm-up
-    sync(module.device)
-    start = time.perf_counter()
-    trainer.validate(module, datamodule=datamodule, verbose=False)
-    sync(module.device)
+    with contextlib.redirect_stdout(sys.stderr):
+        trainer.validate(module, datamodule=datamodule, verbose=False)  # warm-up
+        sync(module.device)
+        start = time.perf_counter()
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+        sync(module.device)
     return 2 * n_batches * BATCH * BLOCK / (time.perf_counter() - start)
 
 
@@ -253,8 +255,9 @@ def gemm_gflops(device: torch.device, dtype: torch.dtype, size: int) -> float:
     return reps * 2 * size**3 / (time.perf_counter() - start) / 1e9
 
 
-def peak_memory_mb(contender: str, hardware: str, n_layer: int) -> float:
-    """Peak memory of two training steps of one contender, alone in a fresh process."""
+def peak_memory_mb(contender: str, hardware: str, n_layer: int) -> float | None:
+    """Peak memory of two training steps of one contender, alone in a fresh process; None if it was killed
+    (out of memory)."""
     script = (
         "import sys, json; sys.argv = ['bench']; import bench; "
         f"print(json.dumps(bench.measure_memory({contender!r}, {hardware!r}, {n_layer})))"
@@ -262,8 +265,8 @@ def peak_memory_mb(contender: str, hardware: str, n_layer: int) -> float:
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'scripts'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=False)
     if proc.returncode != 0:
-        return float("nan")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+        return None
+    return round(json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
 def measure_memory(contender: str, hardware: str, n_layer: int) -> float:
@@ -317,12 +320,15 @@ def main() -> None:
         if args.json:
             print(json.dumps(row), flush=True)
 
-    # Memory first, in fresh processes, while this one is still small: at n_layer 12 the reference alone
-    # takes most of a 24 GB machine.
+    # Memory first, in fresh processes, while this one is still small. A contender whose training does not
+    # fit in memory (the reference at n_layer 12 on a 24 GB machine) is left out of the training rounds,
+    # where it would take the whole benchmark down with it.
+    fits = {}
     if "memory" not in args.skip:
         for n_layer in args.layers:
             for name in ("reference", "model", "lightning"):
-                peak_mb = round(peak_memory_mb(name, args.hardware, n_layer))
+                peak_mb = peak_memory_mb(name, args.hardware, n_layer)
+                fits[name, n_layer] = peak_mb is not None
                 emit({"kind": "memory", "contender": name, "n_layer": n_layer, "peak_mb": peak_mb})
 
     peaks = {}
@@ -368,6 +374,8 @@ def main() -> None:
         for kind, contenders in kinds.items():
             if kind in args.skip:
                 continue
+            if kind == "train":
+                contenders = {name: f for name, f in contenders.items() if fits.get((name, n_layer), True)}
             samples: dict[str, list[float]] = {name: [] for name in contenders}
             for _ in range(args.rounds):
                 for name, measure in contenders.items():
@@ -375,7 +383,8 @@ def main() -> None:
                     free()
             flops = train_flops if kind == "train" else train_flops / 3
             for name, values in samples.items():
-                ratios = [v / r for v, r in zip(values, samples["reference"], strict=True)]
+                reference = samples.get("reference")
+                ratios = [v / r for v, r in zip(values, reference, strict=True)] if reference else None
                 peak = peaks.get("fp32") if name == "reference" else ours_peak
                 tokens_per_s = statistics.median(values)
                 emit(
@@ -384,7 +393,7 @@ def main() -> None:
                         "contender": name,
                         "n_layer": n_layer,
                         "tokens_per_s": round(tokens_per_s),
-                        "ratio_vs_reference": round(statistics.median(ratios), 3),
+                        "ratio_vs_reference": round(statistics.median(ratios), 3) if ratios else None,
                         "mfu": round(tokens_per_s * flops / (peak * 1e9), 3) if peak else None,
                         "rounds": args.rounds,
                     }
@@ -433,10 +442,10 @@ def print_table(results: list[dict], args, device) -> None:
             )
             continue
         tps = f"{row['tokens_per_s']:,}" if "tokens_per_s" in row else ""
-        ratio = f"{row['ratio_vs_reference']:.2f}" if "ratio_vs_reference" in row else ""
+        ratio = f"{row['ratio_vs_reference']:.2f}" if row.get("ratio_vs_reference") is not None else ""
         mfu = f"{row['mfu']:.1%}" if row.get("mfu") is not None else ""
         extra = str(row.get("new_tokens", ""))
-        peak = f"{row['peak_mb']:,}" if "peak_mb" in row else ""
+        peak = ("killed" if row["peak_mb"] is None else f"{row['peak_mb']:,}") if "peak_mb" in row else ""
         print(
             f"{row['kind']:<9}{row['contender']:<11}{row['n_layer']:>8}{extra:>8}{tps:>12}{ratio:>8}{mfu:>7}{peak:>9}"
         )

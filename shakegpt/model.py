@@ -61,23 +61,29 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_
 
 
 class LayerCache:
-    """The keys and values one attention layer has seen so far during generation."""
+    """The keys and values one attention layer has seen so far during generation, in a buffer allocated once
+    for the whole window, so a step writes one position instead of copying the cache."""
 
     def __init__(self) -> None:
         self.k: torch.Tensor | None = None
         self.v: torch.Tensor | None = None
+        self.length = 0
 
-    def extend(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.k is not None:
-            k, v = torch.cat([self.k, k], dim=2), torch.cat([self.v, v], dim=2)
-        self.k, self.v = k, v
-        return k, v
+    def extend(self, k: torch.Tensor, v: torch.Tensor, capacity: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.k is None:
+            shape = (*k.shape[:2], capacity, k.shape[3])
+            self.k, self.v = k.new_empty(shape), v.new_empty(shape)
+        end = self.length + k.size(2)
+        self.k[:, :, self.length : end], self.v[:, :, self.length : end] = k, v
+        self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]
 
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.n_head = config.n_head
+        self.block_size = config.block_size
         self.dropout = config.dropout
         self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=False)
         self.proj = nn.Linear(config.n_embd, config.n_embd)
@@ -87,7 +93,7 @@ class CausalSelfAttention(nn.Module):
         b, t, c = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.n_head, c // self.n_head).permute(2, 0, 3, 1, 4)
         if cache is not None:
-            k, v = cache.extend(k, v)
+            k, v = cache.extend(k, v, self.block_size)
         y = causal_attention(q, k, v, self.dropout if self.training else 0.0)
         return self.resid_dropout(self.proj(y.transpose(1, 2).reshape(b, t, c)))
 
@@ -132,17 +138,10 @@ class GPT(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def forward(
-        self,
-        idx: torch.Tensor,
-        targets: torch.Tensor | None = None,
-        caches: list[LayerCache] | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits for every position, and the mean cross-entropy when targets are given.
-
-        With caches, idx continues the sequence the caches hold (positions start after it).
-        """
-        start = 0 if caches is None or caches[0].k is None else caches[0].k.size(2)
+    def hidden_states(self, idx: torch.Tensor, caches: list[LayerCache] | None = None) -> torch.Tensor:
+        """The final layer-normed hidden state of every position; with caches, idx continues the sequence
+        the caches hold (its positions start after it)."""
+        start = 0 if caches is None else caches[0].length
         t = idx.size(1)
         if start + t > self.config.block_size:
             raise ValueError(f"sequence of {start + t} tokens exceeds block_size {self.config.block_size}")
@@ -150,13 +149,19 @@ class GPT(nn.Module):
         x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))
         for i, block in enumerate(self.blocks):
             x = block(x, None if caches is None else caches[i])
-        logits = self.lm_head(self.ln_f(x))
+        return self.ln_f(x)
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits for every position, and the mean cross-entropy when targets are given."""
+        logits = self.lm_head(self.hidden_states(idx))
         if targets is None:
             return logits, None
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1))
         return logits, loss
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def generate(
         self,
         idx: torch.Tensor,
@@ -181,14 +186,14 @@ class GPT(nn.Module):
         refill = block_size // 2 if kv_cache == "fast" else block_size
         caches: list[LayerCache] | None = None
         for _ in range(max_new_tokens):
-            cached = 0 if caches is None else caches[0].k.size(2)
-            if kv_cache != "off" and caches is not None and cached < block_size:
-                logits, _ = self(idx[:, -1:], caches=caches)
+            if caches is not None and caches[0].length < block_size:
+                hidden = self.hidden_states(idx[:, -1:], caches)
             else:
                 window = idx[:, -(block_size if caches is None else refill) :]
                 caches = None if kv_cache == "off" else [LayerCache() for _ in self.blocks]
-                logits, _ = self(window, caches=caches)
-            logits = logits[:, -1, :].float() / temperature
+                hidden = self.hidden_states(window, caches)
+            # Only the last position is sampled from, so only its logits are computed.
+            logits = self.lm_head(hidden[:, -1, :]).float() / temperature
             if top_k is not None:
                 kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
                 logits = logits.masked_fill(logits < kth, float("-inf"))
