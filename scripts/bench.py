@@ -149,36 +149,51 @@ def batches(device: torch.device, n: int) -> list[tuple[torch.Tensor, torch.Tens
     ]
 
 
+def time_tokens(step: Callable[[torch.Tensor, torch.Tensor], object], device: torch.device, n_batches: int) -> float:
+    """Tokens per second of step over n_batches batches, after one warm-up batch."""
+    data = batches(device, n_batches + 1)
+    step(*data[0])
+    sync(device)
+    start = time.perf_counter()
+    for x, y in data[1:]:
+        step(x, y)
+    sync(device)
+    return n_batches * BATCH * BLOCK / (time.perf_counter() - start)
+
+
 def time_plain_training(model: nn.Module, device, precision, fused, steps: int) -> float:
-    """tokens/s of a plain training loop, after one warm-up step."""
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, fused=fused)
-    data = batches(device, steps + 1)
-    for i, (x, y) in enumerate(data):
-        if i == 1:
-            sync(device)
-            start = time.perf_counter()
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
         with autocast(device, precision):
             _, loss = model(x, y)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    sync(device)
-    return steps * BATCH * BLOCK / (time.perf_counter() - start)
+
+    return time_tokens(step, device, steps)
 
 
 @torch.no_grad()
 def time_plain_eval(model: nn.Module, device, precision, n_batches: int) -> float:
     model.eval()
-    data = batches(device, n_batches + 1)
-    for i, (x, y) in enumerate(data):
-        if i == 1:
-            sync(device)
-            start = time.perf_counter()
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
         with autocast(device, precision):
             model(x, y)
-    sync(device)
-    return n_batches * BATCH * BLOCK / (time.perf_counter() - start)
+
+    return time_tokens(step, device, n_batches)
+
+
+def paired(samples: dict[str, list[float]], baseline: str) -> dict[str, tuple[float, float | None]]:
+    """Per contender: the median, and the median of its round-by-round ratios to the baseline (if it ran)."""
+    base = samples.get(baseline)
+    summary = {}
+    for name, values in samples.items():
+        ratios = [v / b for v, b in zip(values, base, strict=True)] if base else None
+        summary[name] = (statistics.median(values), statistics.median(ratios) if ratios else None)
+    return summary
 
 
 class StepTimer(L.Callback):
@@ -341,17 +356,9 @@ def main() -> None:
 
     if "batch" not in args.skip:
         gathered = {name: [time_batch_gathering(name) for _ in range(args.rounds)] for name in ("reference", "model")}
-        for name, values in gathered.items():
-            ratios = [v / r for v, r in zip(values, gathered["reference"], strict=True)]
-            emit(
-                {
-                    "kind": "batch",
-                    "contender": name,
-                    "n_layer": None,
-                    "windows_per_s": round(statistics.median(values)),
-                    "ratio_vs_reference": round(statistics.median(ratios), 2),
-                }
-            )
+        for name, (median, ratio) in paired(gathered, "reference").items():
+            emit({"kind": "batch", "contender": name, "n_layer": None, "windows_per_s": round(median),
+                  "ratio_vs_reference": round(ratio, 2)})  # fmt: skip
 
     for n_layer in args.layers:
         params = GPT(gpt_config(n_layer)).num_parameters()
@@ -382,18 +389,15 @@ def main() -> None:
                     samples[name].append(measure())
                     free()
             flops = train_flops if kind == "train" else train_flops / 3
-            for name, values in samples.items():
-                reference = samples.get("reference")
-                ratios = [v / r for v, r in zip(values, reference, strict=True)] if reference else None
+            for name, (tokens_per_s, ratio) in paired(samples, "reference").items():
                 peak = peaks.get("fp32") if name == "reference" else ours_peak
-                tokens_per_s = statistics.median(values)
                 emit(
                     {
                         "kind": kind,
                         "contender": name,
                         "n_layer": n_layer,
                         "tokens_per_s": round(tokens_per_s),
-                        "ratio_vs_reference": round(statistics.median(ratios), 3) if ratios else None,
+                        "ratio_vs_reference": round(ratio, 3) if ratio is not None else None,
                         "mfu": round(tokens_per_s * flops / (peak * 1e9), 3) if peak else None,
                         "rounds": args.rounds,
                     }
@@ -409,16 +413,15 @@ def main() -> None:
                         ours.generate(torch.zeros(1, 1, dtype=torch.long, device=device), new_tokens, kv_cache=mode)
                         sync(device)
                         samples[name].append(new_tokens / (time.perf_counter() - start))
-                for name, values in samples.items():
-                    ratios = [v / r for v, r in zip(values, samples["recompute"], strict=True)]
+                for name, (tokens_per_s, ratio) in paired(samples, "recompute").items():
                     emit(
                         {
                             "kind": "generate",
                             "contender": name,
                             "n_layer": n_layer,
                             "new_tokens": new_tokens,
-                            "tokens_per_s": round(statistics.median(values), 1),
-                            "ratio_vs_reference": round(statistics.median(ratios), 2),
+                            "tokens_per_s": round(tokens_per_s, 1),
+                            "ratio_vs_reference": round(ratio, 2),
                         }
                     )
         del reference, ours

@@ -25,7 +25,8 @@ def resolve_checkpoint(ckpt_path: str, default_name: str) -> Path:
 def read_checkpoint(path: Path, device: str = "cpu") -> dict[str, Any]:
     """The checkpoint's contents, once they are known to be a readable shakegpt checkpoint."""
     try:
-        checkpoint = torch.load(path, map_location=device, weights_only=True)
+        # Memory-mapped: checking a checkpoint before Lightning resumes from it reads only what is looked at.
+        checkpoint = torch.load(path, map_location=device, weights_only=True, mmap=True)
     except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile):
         raise ShakeGPTError(f"{path} is not a readable checkpoint: truncated, corrupt, or not a PyTorch file") from None
     hparams = checkpoint.get("hyper_parameters", {}) if isinstance(checkpoint, dict) else {}

@@ -159,15 +159,18 @@ class CharDataModule(L.LightningDataModule):
         self.seed, self.eval_seed = seed, eval_seed
         self.pin_memory = pin_memory
         self.tokenizer: CharTokenizer | None = None
+        self.corpus: Path | None = None
         self.train_tokens = self.val_tokens = torch.empty(0, dtype=torch.long)
 
     def prepare_data(self) -> None:
-        locate_corpus(self.path, self.data_dir, self.url, self.sha256)
+        self.corpus = locate_corpus(self.path, self.data_dir, self.url, self.sha256)
 
     def setup(self, stage: str | None = None) -> None:
         if self.tokenizer is not None:
             return
-        text = read_text(locate_corpus(self.path, self.data_dir, self.url, self.sha256))
+        # prepare_data ran in this process only on the first rank; the others locate (and check) it here.
+        corpus = self.corpus or locate_corpus(self.path, self.data_dir, self.url, self.sha256)
+        text = read_text(corpus)
         tokenizer = CharTokenizer.from_text(text)
         tokens = torch.tensor(tokenizer.encode(text), dtype=torch.long)
         self.train_tokens, self.val_tokens = split_tokens(tokens, self.train_fraction, self.block_size)

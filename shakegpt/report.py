@@ -216,11 +216,13 @@ def plot_scaling(runs: list[Run], path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(folders: list[Path], out: Path | None = None) -> Path:
-    """Write the report for the runs in folders into out (default: the first folder); returns report.md."""
-    runs = [load_run(folder) for folder in find_runs(folders)]
+def load_runs(folders: list[Path]) -> list[Run]:
+    return [load_run(folder) for folder in find_runs(folders)]
+
+
+def render(runs: list[Run], out: Path) -> Path:
+    """Write report.md, the plots and results.csv for runs into out; returns report.md."""
     shared = shorten_labels(runs)
-    out = out or folders[0]
     out.mkdir(parents=True, exist_ok=True)
     rows = [summary(run, out) for run in runs]
     with (out / "results.csv").open("w", newline="") as f:
@@ -234,17 +236,23 @@ def write_report(folders: list[Path], out: Path | None = None) -> Path:
     return report
 
 
+def write_report(folders: list[Path], out: Path | None = None) -> Path:
+    """Write the report for the runs in folders into out (default: the first folder); returns report.md."""
+    return render(load_runs(folders), out or folders[0])
+
+
 class SweepReport(Callback):
     """A Hydra callback: when a sweep ends, writes its report into the sweep folder."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep = Path(config.hydra.sweep.dir)
         try:
-            log.info("Report: %s", write_report([sweep]))
+            runs = load_runs([sweep])
+            log.info("Report: %s", render(runs, sweep))
         except (ShakeGPTError, OSError, ValueError) as err:  # a report must never fail the sweep itself
             log.warning("No sweep report: %s", err)
             return
-        failed = [run.label for run in map(load_run, find_runs([sweep])) if run.status != "finished"]
+        failed = [run.label for run in runs if run.status != "finished"]
         if failed:
             log.warning("%d job(s) did not finish: %s (see report.md)", len(failed), "; ".join(failed))
 
