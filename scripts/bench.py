@@ -11,7 +11,9 @@ Contenders, at the classic config (batch 64, block 256, n_embd 384, dropout 0.2,
   lightning  the real path: our LightningModule, DataModule and Trainer, built as `python -m shakegpt.train`
              builds them (progress bar, logger and callbacks included).
 Contenders alternate round by round; the table gives medians and the median of paired ratios.
-Generation: recompute (the classic loop, in eval mode), kv_exact and kv_fast, batch 1, from one token.
+Generation, batch 1, from one token, fp32: recompute (the classic script's loop and model, in eval mode and
+without autograd, which is kinder to it than the script itself), model_recompute (our GPT, kv_cache=off: the
+same loop on our model), kv_exact and kv_fast (our generate); ratios against recompute.
 Batches: the classic per-row slicing and stacking against RandomWindows' single gather, windows per second.
 MFU = tokens/s x FLOPs per token / the measured GEMM peak of the contender's precision, with nanoGPT's
 FLOPs per token: 6N + 12 L T C for a training step, a third of that for a forward pass.
@@ -108,6 +110,14 @@ class ReferenceGPT(nn.Module):
         logits = self.lm_head(self.ln_f(self.blocks(x)))
         loss = None if targets is None else F.cross_entropy(logits.view(-1, VOCAB), targets.view(-1))
         return logits, loss
+
+    def generate(self, idx: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+        """The classic sampling loop: the whole cropped window through the model for every new token."""
+        for _ in range(max_new_tokens):
+            logits, _ = self(idx[:, -BLOCK:])
+            probs = F.softmax(logits[:, -1, :], dim=-1)
+            idx = torch.cat((idx, torch.multinomial(probs, num_samples=1)), dim=1)
+        return idx
 
 
 # --- helpers ---------------------------------------------------------------------------------------------
@@ -318,6 +328,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=3, help="timed training steps per contender and round")
     parser.add_argument("--eval-batches", type=int, default=4, help="timed eval batches per contender and round")
+    parser.add_argument("--new-tokens", type=int, nargs="+", default=[255, 500], help="generation lengths")
     parser.add_argument("--hardware", default="cpu", help="the hardware config the contenders use")
     parser.add_argument(
         "--skip", nargs="*", default=[], choices=["train", "eval", "generate", "memory", "gemm", "batch"]
@@ -403,14 +414,22 @@ def main() -> None:
                     }
                 )
         if "generate" not in args.skip and n_layer >= 6:
+            reference.eval()
             ours.eval()
-            for new_tokens in (255, 500):
-                modes = {"recompute": "off", "kv_exact": "exact", "kv_fast": "fast"}
-                samples = {name: [] for name in modes}
+            for new_tokens in args.new_tokens:
+                start_token = torch.zeros(1, 1, dtype=torch.long, device=device)
+                samplers = {
+                    "recompute": torch.no_grad()(partial(reference.generate, start_token, new_tokens)),
+                    **{
+                        name: partial(ours.generate, start_token, new_tokens, kv_cache=mode)
+                        for name, mode in (("model_recompute", "off"), ("kv_exact", "exact"), ("kv_fast", "fast"))
+                    },
+                }
+                samples = {name: [] for name in samplers}
                 for _ in range(args.rounds):
-                    for name, mode in modes.items():
+                    for name, sample in samplers.items():
                         start = time.perf_counter()
-                        ours.generate(torch.zeros(1, 1, dtype=torch.long, device=device), new_tokens, kv_cache=mode)
+                        sample()
                         sync(device)
                         samples[name].append(new_tokens / (time.perf_counter() - start))
                 for name, (tokens_per_s, ratio) in paired(samples, "recompute").items():
@@ -433,15 +452,15 @@ def main() -> None:
 
 def print_table(results: list[dict], args, device) -> None:
     print(f"\ndevice: {device}, hardware={args.hardware}, threads={torch.get_num_threads()}, rounds={args.rounds}")
-    print(f"{'kind':<9}{'contender':<11}{'n_layer':>8}{'extra':>8}{'tokens/s':>12}{'x ref':>8}{'MFU':>7}{'peak MB':>9}")
+    print(f"{'kind':<9}{'contender':<16}{'n_layer':>8}{'extra':>8}{'tokens/s':>12}{'x ref':>8}{'MFU':>7}{'peak MB':>9}")
     for row in results:
         if row["kind"] == "gemm":
-            print(f"{'gemm':<9}{row['contender']:<11}{'':>8}{'':>8}{row['gflops']:>10.1f} GFLOP/s")
+            print(f"{'gemm':<9}{row['contender']:<16}{'':>8}{'':>8}{row['gflops']:>10.1f} GFLOP/s")
             continue
         if row["kind"] == "batch":
             ratio = row["ratio_vs_reference"]
             print(
-                f"{'batch':<9}{row['contender']:<11}{'':>8}{'':>8}{row['windows_per_s']:>10,} windows/s {ratio:>5.2f}"
+                f"{'batch':<9}{row['contender']:<16}{'':>8}{'':>8}{row['windows_per_s']:>10,} windows/s {ratio:>5.2f}"
             )
             continue
         tps = f"{row['tokens_per_s']:,}" if "tokens_per_s" in row else ""
@@ -450,7 +469,7 @@ def print_table(results: list[dict], args, device) -> None:
         extra = str(row.get("new_tokens", ""))
         peak = ("killed" if row["peak_mb"] is None else f"{row['peak_mb']:,}") if "peak_mb" in row else ""
         print(
-            f"{row['kind']:<9}{row['contender']:<11}{row['n_layer']:>8}{extra:>8}{tps:>12}{ratio:>8}{mfu:>7}{peak:>9}"
+            f"{row['kind']:<9}{row['contender']:<16}{row['n_layer']:>8}{extra:>8}{tps:>12}{ratio:>8}{mfu:>7}{peak:>9}"
         )
 
 
