@@ -146,10 +146,11 @@ def train_numpy(cfg: DictConfig, data: dict[str, np.ndarray], logger: TensorBoar
             if step % 50 == 0:
                 bar.set_postfix(loss=f"{loss:.3f}")
                 logger.log_metrics({"train/loss": loss}, step=step)
-        accuracy = float((model.predict(data["x_test"]) == data["y_test"]).mean())
+        predictions = model.predict(data["x_test"])
+        accuracy = float((predictions == data["y_test"]).mean())
         logger.log_metrics({"test/accuracy": accuracy}, step=step)
         log.info("epoch %d: test accuracy %.4f", epoch + 1, accuracy)
-    return model.predict(data["x_test"])
+    return predictions
 
 
 # --- the torch model --------------------------------------------------------------------------------------

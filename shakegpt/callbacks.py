@@ -21,6 +21,12 @@ RUN_RECORD = "run.json"
 BEST_VAL_METRIC = "hp/best_val_loss"
 
 
+def best_val_loss(trainer: L.Trainer) -> float | None:
+    """The lowest val loss the best-checkpoint callback has seen, if any."""
+    best = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
+    return float(best) if best is not None else None
+
+
 def _is_step_zero_eval(trainer: L.Trainer) -> bool:
     """Lightning's sanity check runs the eval loop before the first update; it serves as the step-0 eval.
 
@@ -152,19 +158,20 @@ class RunRecord(L.Callback):
     def __init__(self, path: str, label: str) -> None:
         self.path = Path(path)
         self.label = label
+        # Training time, steps and tokens of this process (a resumed run counts from its resume).
         self._train_s = 0.0
+        self._steps = 0
         self._tokens = 0
         self._batch_start = 0.0
         self._fit_start = time.monotonic()
 
     def _progress(self, trainer: L.Trainer) -> dict[str, object]:
-        steps_done = max(trainer.global_step, 1)
         return {
             "steps": trainer.global_step,
             "wall_s": round(time.monotonic() - self._fit_start, 2),
             "train_s": round(self._train_s, 2),
             "tokens_per_s": round(self._tokens / self._train_s) if self._train_s else None,
-            "step_ms": round(1000 * self._train_s / steps_done, 2) if self._train_s else None,
+            "step_ms": round(1000 * self._train_s / self._steps, 2) if self._steps else None,
         }
 
     @rank_zero_only
@@ -194,6 +201,7 @@ class RunRecord(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: GPTModule, outputs, batch, batch_idx: int) -> None:
         self._train_s += time.perf_counter() - self._batch_start
+        self._steps += 1
         self._tokens += batch[0].numel() * trainer.world_size
 
     @rank_zero_only
@@ -203,9 +211,7 @@ class RunRecord(L.Callback):
 
     @rank_zero_only
     def on_train_end(self, trainer: L.Trainer, pl_module: GPTModule) -> None:
-        best = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
-        best_val_loss = float(best) if best is not None else None
-        write_record(self.path, status="finished", best_val_loss=best_val_loss, **self._progress(trainer))
+        write_record(self.path, status="finished", best_val_loss=best_val_loss(trainer), **self._progress(trainer))
 
     @rank_zero_only
     def on_exception(self, trainer: L.Trainer, pl_module: GPTModule, exception: BaseException) -> None:

@@ -40,7 +40,7 @@ class GPTModule(L.LightningModule):
     def from_model(
         cls, config: GPTConfig, tokenizer: CharTokenizer, optimizer: OptimizerFactory | None = None
     ) -> GPTModule:
-        return cls(asdict(config), "".join(tokenizer.chars), optimizer)
+        return cls(asdict(config), tokenizer.vocab, optimizer)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         _, loss = self.model(*batch)
@@ -96,7 +96,6 @@ class GPTModule(L.LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer_factory(self.parameters())
 
-    @torch.no_grad()
     def sample(
         self,
         prompt: str,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import logging
 import math
 import os
@@ -25,7 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from hydra.experimental.callback import Callback  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from shakegpt.callbacks import RUN_RECORD  # noqa: E402
+from shakegpt.callbacks import RUN_RECORD, read_record  # noqa: E402
 from shakegpt.errors import ShakeGPTError  # noqa: E402
 
 METRICS = "metrics.csv"
@@ -87,8 +86,7 @@ def _label(folder: Path, record: dict[str, Any]) -> str:
 
 
 def load_run(folder: Path) -> Run:
-    record_path = folder / RUN_RECORD
-    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    record = read_record(folder / RUN_RECORD)
     run = Run(folder, _label(folder, record), record)
     if (folder / METRICS).is_file():
         with (folder / METRICS).open() as f:
@@ -148,7 +146,7 @@ def shorten_labels(runs: list[Run]) -> list[str]:
     return shared
 
 
-def markdown(runs: list[Run], shared: list[str], out: Path) -> str:
+def markdown(runs: list[Run], rows: list[dict[str, Any]], shared: list[str]) -> str:
     lines = ["# shakegpt report", ""]
     if shared:
         lines += [f"Every run: `{' '.join(shared)}`.", ""]
@@ -157,8 +155,7 @@ def markdown(runs: list[Run], shared: list[str], out: Path) -> str:
         "| wall time | tokens/s | device | status |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
-    for run in runs:
-        row = summary(run, out)
+    for row in rows:
         params = f"{row['parameters'] / 1e6:.6f} M" if row["parameters"] else "–"
         device = f"{row['device']} ({row['precision']})" if row["device"] else "–"
         lines.append(
@@ -232,7 +229,7 @@ def render(runs: list[Run], out: Path) -> Path:
     plot_losses(runs, out / "loss_curves.png")
     plot_scaling(runs, out / "scaling.png")
     report = out / "report.md"
-    report.write_text(markdown(runs, shared, out), encoding="utf-8")
+    report.write_text(markdown(runs, rows, shared), encoding="utf-8")
     return report
 
 

@@ -22,21 +22,19 @@ class CharTokenizer:
     def vocab_size(self) -> int:
         return len(self.chars)
 
+    @property
+    def vocab(self) -> str:
+        """The vocabulary as one string, the form checkpoints carry it in."""
+        return "".join(self.chars)
+
     def encode(self, text: str) -> list[int]:
         unknown = sorted(set(text) - self.stoi.keys())
         if unknown:
             raise ShakeGPTError(
                 f"characters not in the model's vocabulary: {', '.join(map(repr, unknown))} "
-                f"(the vocabulary holds {self.vocab_size} characters: {''.join(self.chars)!r})"
+                f"(the vocabulary holds {self.vocab_size} characters: {self.vocab!r})"
             )
         return [self.stoi[ch] for ch in text]
 
     def decode(self, ids: Sequence[int]) -> str:
         return "".join(self.chars[i] for i in ids)
-
-    def to_dict(self) -> dict[str, str]:
-        return {"chars": "".join(self.chars)}
-
-    @classmethod
-    def from_dict(cls, state: dict[str, str]) -> CharTokenizer:
-        return cls(state["chars"])

@@ -7,7 +7,6 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
 from pathlib import Path
 
 import hydra
@@ -19,7 +18,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, read_write
 
-from shakegpt.callbacks import RUN_RECORD, read_record, record_failure
+from shakegpt.callbacks import BEST_VAL_METRIC, RUN_RECORD, best_val_loss, read_record, record_failure
 from shakegpt.checkpoint import check_resumable, resolve_checkpoint
 from shakegpt.errors import ShakeGPTError
 from shakegpt.model import GPTConfig
@@ -165,15 +164,15 @@ def train(cfg: DictConfig) -> float:
             ckpt_path = last
     trainer, module, datamodule = build(cfg)
     if ckpt_path is not None:
-        check_resumable(ckpt_path, asdict(module.model.config), "".join(module.tokenizer.chars))
+        check_resumable(ckpt_path, module.hparams.model_config, module.hparams.vocab)
     print(f"{module.model.num_parameters() / 1e6:.6f} M parameters", flush=True)
-    trainer.logger.log_hyperparams(flat_hparams(cfg), metrics={"hp/best_val_loss": float("nan")})
+    trainer.logger.log_hyperparams(flat_hparams(cfg), metrics={BEST_VAL_METRIC: float("nan")})
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     # Wait for the ranks this process launched, so that none outlives its job.
     for rank_process in getattr(trainer.strategy.launcher, "procs", []):
         rank_process.wait()
-    best = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
-    return float(best) if best is not None else float("nan")
+    best = best_val_loss(trainer)
+    return best if best is not None else float("nan")
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")

@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from shakegpt.data import TINYSHAKESPEARE
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
@@ -32,7 +34,7 @@ def run_module(module: str, *args: str, cwd: Path, env: dict[str, str] | None = 
 
 @pytest.fixture(scope="session")
 def shakespeare_path() -> Path:
-    path = Path(os.environ["DATA_DIR"]) / "tinyshakespeare" / "input.txt"
+    path = Path(os.environ["DATA_DIR"]) / TINYSHAKESPEARE
     if not path.is_file():
         pytest.fail(f"tinyshakespeare not found at {path}; set DATA_DIR to a folder holding tinyshakespeare/input.txt")
     return path

@@ -160,7 +160,7 @@ def test_resuming_from_another_vocabulary_or_model_is_refused(run):
     folder, _ = run
     last = resolve_checkpoint(str(folder), "last.ckpt")
     module = load_module(str(folder))
-    config, vocab = asdict(module.model.config), "".join(module.tokenizer.chars)
+    config, vocab = asdict(module.model.config), module.tokenizer.vocab
     check_resumable(last, config, vocab)
     with pytest.raises(ShakeGPTError, match="another vocabulary"):
         check_resumable(last, config, vocab[:-1])
