@@ -5,7 +5,7 @@
     python scripts/bench.py --hardware cuda --layers 6 12
 
 Contenders, at the classic config (batch 64, block 256, n_embd 384, dropout 0.2, AdamW 3e-4):
-  reference  the classic single-file script's model, written out below: one module per head, masked
+  reference  the classic single-file script's model (scripts/classic_gpt.py): one module per head, masked
              softmax, fp32, a plain loop;
   model      our GPT in a plain loop with the chosen hardware config's settings (precision, attention path);
   lightning  the real path: our LightningModule, DataModule and Trainer, built as `python -m shakegpt.train`
@@ -41,7 +41,7 @@ from pathlib import Path
 import lightning as L
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+from classic_gpt import ClassicConfig, ClassicGPT  # scripts/ is on sys.path when this script runs
 from hydra import compose, initialize_config_dir
 
 from shakegpt.data import RandomWindows
@@ -50,74 +50,6 @@ from shakegpt.train import build
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH, BLOCK, N_EMBD, DROPOUT, VOCAB = 64, 256, 384, 0.2, 65
-
-
-# --- the classic script's model (the reference), written the way that script writes it -----------------
-class Head(nn.Module):
-    def __init__(self, head_size: int) -> None:
-        super().__init__()
-        self.key = nn.Linear(N_EMBD, head_size, bias=False)
-        self.query = nn.Linear(N_EMBD, head_size, bias=False)
-        self.value = nn.Linear(N_EMBD, head_size, bias=False)
-        self.register_buffer("tril", torch.tril(torch.ones(BLOCK, BLOCK)))
-        self.dropout = nn.Dropout(DROPOUT)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        t = x.shape[1]
-        k, q = self.key(x), self.query(x)
-        wei = q @ k.transpose(-2, -1) * k.shape[-1] ** -0.5
-        wei = self.dropout(F.softmax(wei.masked_fill(self.tril[:t, :t] == 0, float("-inf")), dim=-1))
-        return wei @ self.value(x)
-
-
-class MultiHeadAttention(nn.Module):
-    def __init__(self, num_heads: int, head_size: int) -> None:
-        super().__init__()
-        self.heads = nn.ModuleList(Head(head_size) for _ in range(num_heads))
-        self.proj = nn.Linear(head_size * num_heads, N_EMBD)
-        self.dropout = nn.Dropout(DROPOUT)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.proj(torch.cat([h(x) for h in self.heads], dim=-1)))
-
-
-class ReferenceBlock(nn.Module):
-    def __init__(self, n_head: int) -> None:
-        super().__init__()
-        self.sa = MultiHeadAttention(n_head, N_EMBD // n_head)
-        self.ffwd = nn.Sequential(
-            nn.Linear(N_EMBD, 4 * N_EMBD), nn.ReLU(), nn.Linear(4 * N_EMBD, N_EMBD), nn.Dropout(DROPOUT)
-        )
-        self.ln1, self.ln2 = nn.LayerNorm(N_EMBD), nn.LayerNorm(N_EMBD)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.sa(self.ln1(x))
-        return x + self.ffwd(self.ln2(x))
-
-
-class ReferenceGPT(nn.Module):
-    def __init__(self, n_layer: int) -> None:
-        super().__init__()
-        self.token_embedding_table = nn.Embedding(VOCAB, N_EMBD)
-        self.position_embedding_table = nn.Embedding(BLOCK, N_EMBD)
-        self.blocks = nn.Sequential(*[ReferenceBlock(n_layer) for _ in range(n_layer)])
-        self.ln_f = nn.LayerNorm(N_EMBD)
-        self.lm_head = nn.Linear(N_EMBD, VOCAB)
-
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
-        t = idx.shape[1]
-        x = self.token_embedding_table(idx) + self.position_embedding_table(torch.arange(t, device=idx.device))
-        logits = self.lm_head(self.ln_f(self.blocks(x)))
-        loss = None if targets is None else F.cross_entropy(logits.view(-1, VOCAB), targets.view(-1))
-        return logits, loss
-
-    def generate(self, idx: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
-        """The classic sampling loop: the whole cropped window through the model for every new token."""
-        for _ in range(max_new_tokens):
-            logits, _ = self(idx[:, -BLOCK:])
-            probs = F.softmax(logits[:, -1, :], dim=-1)
-            idx = torch.cat((idx, torch.multinomial(probs, num_samples=1)), dim=1)
-        return idx
 
 
 # --- helpers ---------------------------------------------------------------------------------------------
@@ -300,7 +232,7 @@ def measure_memory(contender: str, hardware: str, n_layer: int) -> float:
     if contender == "lightning":
         time_lightning_training(hardware, n_layer, steps=1)
     else:
-        model = ReferenceGPT(n_layer) if contender == "reference" else GPT(gpt_config(n_layer))
+        model = reference_gpt(n_layer) if contender == "reference" else GPT(gpt_config(n_layer))
         precision = "32-true" if contender == "reference" else cfg.hardware.precision
         fused = None if contender == "reference" else cfg.hardware.fused_optimizer
         time_plain_training(model.to(device), device, precision, fused, steps=1)
@@ -313,6 +245,10 @@ def gpt_config(n_layer: int) -> GPTConfig:
     return GPTConfig(
         vocab_size=VOCAB, block_size=BLOCK, n_layer=n_layer, n_head=n_layer, n_embd=N_EMBD, dropout=DROPOUT
     )
+
+
+def reference_gpt(n_layer: int) -> ClassicGPT:
+    return ClassicGPT(ClassicConfig(VOCAB, BLOCK, n_layer, n_layer, N_EMBD, DROPOUT))
 
 
 def free() -> None:
@@ -375,7 +311,7 @@ def main() -> None:
         params = GPT(gpt_config(n_layer)).num_parameters()
         train_flops = flops_per_token(params, n_layer)
         torch.manual_seed(0)
-        reference, ours = ReferenceGPT(n_layer).to(device), GPT(gpt_config(n_layer)).to(device)
+        reference, ours = reference_gpt(n_layer).to(device), GPT(gpt_config(n_layer)).to(device)
         kinds: dict[str, dict[str, Callable[[], float]]] = {
             "train": {
                 "reference": partial(time_plain_training, reference, device, "32-true", None, args.steps),

@@ -1,4 +1,9 @@
-"""A character-level GPT in plain PyTorch: no Lightning, no Hydra, no files."""
+"""A character-level GPT in plain PyTorch: no Lightning, no Hydra, no files.
+
+The classic char-level GPT: token and learned position embeddings, pre-LayerNorm blocks of causal self-attention
+and a 4x ReLU MLP, a final LayerNorm and a linear head. Dropout is applied at the classic model's three sites
+only: on the attention weights, after the attention projection, and after the MLP; never on the embeddings.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ class GPTConfig:
     n_layer: int = 6
     n_head: int = 6
     n_embd: int = 384
+    # On the attention weights, after the attention projection and after the MLP.
     dropout: float = 0.2
 
     def __post_init__(self) -> None:
@@ -122,7 +128,6 @@ class GPT(nn.Module):
         self.config = config
         self.tok_emb = nn.Embedding(config.vocab_size, config.n_embd)
         self.pos_emb = nn.Embedding(config.block_size, config.n_embd)
-        self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size)
@@ -146,7 +151,7 @@ class GPT(nn.Module):
         if start + t > self.config.block_size:
             raise ValueError(f"sequence of {start + t} tokens exceeds block_size {self.config.block_size}")
         pos = torch.arange(start, start + t, device=idx.device)
-        x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))
+        x = self.tok_emb(idx) + self.pos_emb(pos)
         for i, block in enumerate(self.blocks):
             x = block(x, None if caches is None else caches[i])
         return self.ln_f(x)

@@ -1,7 +1,11 @@
+import importlib.util
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 from shakegpt.errors import ShakeGPTError
 from shakegpt.model import GPT, GPTConfig, masked_softmax_attention
@@ -102,3 +106,85 @@ def test_compiling_in_place_keeps_checkpoint_keys():
     model.compile()  # what hardware.compile=true does; compiles lazily, on the first forward
     assert set(model.state_dict()) == keys
     assert not any("_orig_mod" in key for key in keys)
+
+
+def classic_gpt_module():
+    """scripts/classic_gpt.py, the classic script's model, loaded by path (scripts/ is not a package)."""
+    path = Path(__file__).resolve().parents[1] / "scripts" / "classic_gpt.py"
+    spec = importlib.util.spec_from_file_location("classic_gpt", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def classic_and_ours(n_layer: int = 2, n_head: int = 4, dropout: float = 0.2):
+    """The classic model and ours at the same tiny size, ours holding the classic model's weights."""
+    classic_gpt = classic_gpt_module()
+    sizes = {"vocab_size": 65, "block_size": 16, "n_layer": n_layer, "n_head": n_head, "n_embd": 32}
+    torch.manual_seed(0)
+    classic = classic_gpt.ClassicGPT(classic_gpt.ClassicConfig(**sizes, dropout=dropout))
+    for parameter in classic.parameters():  # PyTorch's default init leaves zero-free biases: all weights matter
+        torch.nn.init.normal_(parameter, std=0.3)
+    ours = GPT(GPTConfig(**sizes, dropout=dropout))
+    state = {
+        "tok_emb.weight": classic.token_embedding_table.weight,
+        "pos_emb.weight": classic.position_embedding_table.weight,
+        "ln_f.weight": classic.ln_f.weight,
+        "ln_f.bias": classic.ln_f.bias,
+        "lm_head.weight": classic.lm_head.weight,
+        "lm_head.bias": classic.lm_head.bias,
+    }
+    for i, block in enumerate(classic.blocks):
+        heads = block.sa.heads
+        # Our fused projection's rows are all heads' queries, then all keys, then all values.
+        qkv = [head.query.weight for head in heads] + [head.key.weight for head in heads]
+        state[f"blocks.{i}.attn.qkv.weight"] = torch.cat(qkv + [head.value.weight for head in heads])
+        pairs = {
+            "ln_1": block.ln1,
+            "ln_2": block.ln2,
+            "attn.proj": block.sa.proj,
+            "mlp.0": block.ffwd[0],
+            "mlp.2": block.ffwd[2],
+        }
+        for ours_name, layer in pairs.items():
+            state[f"blocks.{i}.{ours_name}.weight"], state[f"blocks.{i}.{ours_name}.bias"] = layer.weight, layer.bias
+    ours.load_state_dict(state)  # strict: every parameter of ours has its classic counterpart
+    return classic, ours
+
+
+class DropoutAsScaling(TorchFunctionMode):
+    """Replaces every dropout call by a fixed scaling, so two models in training mode compute a deterministic
+    function that still depends on where each applies dropout; also counts the calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.nn.functional.dropout:
+            self.calls += 1
+            return args[0] * 0.5
+        return func(*args, **kwargs)
+
+
+def test_our_gpt_computes_the_classic_function_in_eval_mode():
+    classic, ours = classic_and_ours()
+    idx = torch.randint(65, (3, 16), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(ours.eval()(idx)[0], classic.eval()(idx)[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("n_layer", "n_head"), [(1, 1), (2, 4)])
+def test_dropout_sits_where_the_classic_model_has_it(n_layer, n_head):
+    """Attention weights, after the attention projection, after the MLP; none on the embeddings."""
+    classic, ours = classic_and_ours(n_layer, n_head)
+    idx = torch.randint(65, (3, 16), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad(), DropoutAsScaling() as classic_dropout:
+        expected = classic.train()(idx)[0]
+    with torch.no_grad(), DropoutAsScaling() as our_dropout:
+        actual = ours.train()(idx)[0]
+    assert classic_dropout.calls == n_layer * (n_head + 2)  # one per head's attention weights, then two
+    assert our_dropout.calls > 0  # ours went through dropout at all (all heads at once, so fewer calls)
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
