@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import csv
-import json
+import logging
 import math
-import os
 import time
 from pathlib import Path
 
@@ -15,53 +13,76 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from shakegpt.module import GPTModule
-
-RUN_RECORD = "run.json"
+from shakegpt.resume import RunCheckpoints
+from shakegpt.rundir import EvalRow, read_metrics, record_failure, write_metrics, write_record
 
 BEST_VAL_METRIC = "hp/best_val_loss"
 
+log = logging.getLogger(__name__)
+
+# A loss this many times the first evaluation's has blown up, even if it is finite.
+DIVERGED_FACTOR = 1.5
+
 
 def best_val_loss(trainer: L.Trainer) -> float | None:
-    """The lowest val loss the best-checkpoint callback has seen, if any."""
-    best = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
-    return float(best) if best is not None else None
-
-
-def _is_step_zero_eval(trainer: L.Trainer) -> bool:
-    """Lightning's sanity check runs the eval loop before the first update; it serves as the step-0 eval.
-
-    A resumed run sanity-checks again mid-run: that one repeats an eval already reported, so it is skipped.
-    """
-    return trainer.sanity_checking and trainer.global_step == 0
-
-
-def _should_report(trainer: L.Trainer) -> bool:
-    return not trainer.sanity_checking or _is_step_zero_eval(trainer)
+    """The lowest val loss of the run so far (the one checkpoints/best.ckpt holds), if any."""
+    for callback in trainer.callbacks:
+        if isinstance(callback, RunCheckpoints) and math.isfinite(callback.best_val_loss):
+            return callback.best_val_loss
+    return None
 
 
 class EvalReport(L.Callback):
     """After every evaluation: prints `step N: train loss X, val loss Y`, logs both losses and the best val
-    loss so far to the loggers, and appends them to a CSV file that reports read back."""
+    loss so far to the loggers, and appends them to a CSV file that reports read back. Also logs the training
+    batch loss every log_every_n_steps steps.
+
+    Every evaluation Lightning runs is reported: its pre-training one ('sanity check') runs only when an
+    evaluation is due (step 0, or the step a resumed run's checkpoint was taken before)."""
 
     def __init__(self, metrics_path: str) -> None:
         self.metrics_path = Path(metrics_path)
         self.best_val_loss = math.inf
         self.best_step = -1
+        self._rows: list[EvalRow] = []
+        self._batch_loss: tuple[int, float] | None = None  # the latest logged: (step, loss)
         self._start = time.monotonic()
 
-    def state_dict(self) -> dict[str, float]:
-        return {"best_val_loss": self.best_val_loss, "best_step": self.best_step}
+    def state_dict(self) -> dict[str, object]:
+        return {"best_val_loss": self.best_val_loss, "best_step": self.best_step, "batch_loss": self._batch_loss}
 
-    def load_state_dict(self, state_dict: dict[str, float]) -> None:
+    def load_state_dict(self, state_dict: dict[str, object]) -> None:
         self.best_val_loss, self.best_step = state_dict["best_val_loss"], int(state_dict["best_step"])
+        self._batch_loss = state_dict.get("batch_loss")
+
+    @rank_zero_only
+    def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # A run resumed before its step's evaluation has TensorBoard hide everything the interrupted run logged
+        # from that step on (the evaluation may have been logged in part); the batch loss of that step was
+        # logged whole, and the checkpoint carries it, so it is logged again.
+        if self._batch_loss is not None and self._batch_loss[0] == trainer.global_step > 0:
+            self._log_batch_loss(trainer, *self._batch_loss)
+
+    def _log_batch_loss(self, trainer: L.Trainer, step: int, loss: float) -> None:
+        self._batch_loss = (step, loss)
+        for logger in trainer.loggers:
+            logger.log_metrics({"train/batch_loss": loss}, step=step)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._start = time.monotonic()
+        # A resumed run goes on with the rows its checkpoint covers (the entry point dropped any later ones),
+        # and its clock goes on from theirs.
+        self._rows = read_metrics(self.metrics_path)
+        self._start = time.monotonic() - (self._rows[-1].elapsed_s if self._rows else 0.0)
+
+    @rank_zero_only
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: GPTModule, outputs, batch, batch_idx: int) -> None:
+        # Logged here rather than through self.log, which writes after every callback: a run stopped at the end
+        # of this step by the checkpoint callback would otherwise never log it.
+        if trainer.global_step % trainer.log_every_n_steps == 0:
+            self._log_batch_loss(trainer, trainer.global_step, float(outputs["loss"]))
 
     @rank_zero_only
     def on_validation_end(self, trainer: L.Trainer, pl_module: GPTModule) -> None:
-        if not _should_report(trainer):
-            return
         step = trainer.global_step
         train_loss, val_loss = pl_module.eval_losses["train"], pl_module.eval_losses["val"]
         if val_loss < self.best_val_loss:
@@ -76,16 +97,9 @@ class EvalReport(L.Callback):
         metrics = {"train/loss": train_loss, "val/loss": val_loss, BEST_VAL_METRIC: self.best_val_loss}
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
-        self._append_row(step, train_loss, val_loss, time.monotonic() - self._start)
-
-    def _append_row(self, step: int, train_loss: float, val_loss: float, elapsed_s: float) -> None:
-        new_file = not self.metrics_path.exists()
-        self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.metrics_path.open("a", newline="") as f:
-            writer = csv.writer(f)
-            if new_file:
-                writer.writerow(["step", "train_loss", "val_loss", "elapsed_s"])
-            writer.writerow([step, f"{train_loss:.6f}", f"{val_loss:.6f}", f"{elapsed_s:.2f}"])
+        # Last, and whole: a row in metrics.csv means everything of this evaluation was written.
+        self._rows.append(EvalRow(step, train_loss, val_loss, time.monotonic() - self._start))
+        write_metrics(self.metrics_path, self._rows)
 
 
 class TextSamples(L.Callback):
@@ -117,58 +131,41 @@ class TextSamples(L.Callback):
 
     @rank_zero_only
     def on_validation_end(self, trainer: L.Trainer, pl_module: GPTModule) -> None:
-        if self.eval_tokens > 0 and _should_report(trainer):
+        if self.eval_tokens > 0:
             self._write(trainer, pl_module, f"step_{trainer.global_step:06d}", "samples/eval", self.eval_tokens)
 
     @rank_zero_only
-    def on_train_end(self, trainer: L.Trainer, pl_module: GPTModule) -> None:
+    def on_fit_end(self, trainer: L.Trainer, pl_module: GPTModule) -> None:
+        # On fit end, not train end: a run resumed after its last step trains no more but still ends here.
         if self.final_tokens > 0:
             self._write(trainer, pl_module, "final", "samples/final", self.final_tokens)
-
-
-def read_record(path: Path) -> dict[str, object]:
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def write_record(path: Path, **updates: object) -> dict[str, object]:
-    """Merge updates into the run record at path; written whole, so readers never see half a file."""
-    record = read_record(path)
-    record.update(updates)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, path)
-    return record
-
-
-def record_failure(path: Path, error: BaseException) -> None:
-    """Note in the run record that the run failed, and why (also for failures before training starts)."""
-    # Ctrl-C raises KeyboardInterrupt; Lightning turns SIGTERM into a SystemExit.
-    status = "interrupted" if isinstance(error, (KeyboardInterrupt, SystemExit)) else "failed"
-    write_record(path, status=status, error=f"{type(error).__name__}: {error}")
 
 
 class RunRecord(L.Callback):
     """Keeps run.json in the run folder current: what ran, on what, how fast, and how it ended.
 
     Reports read it, together with metrics.csv and the samples, to tabulate runs that are still going,
-    finished, or failed.
+    finished, diverged (a loss DIVERGED_FACTOR times the first evaluation's), interrupted, or failed.
     """
 
     def __init__(self, path: str, label: str) -> None:
         self.path = Path(path)
         self.label = label
-        # Training time, steps and tokens of this process (a resumed run counts from its resume).
+        self.first_loss: float | None = None
+        self.diverged_at: int | None = None
+        # Training time, steps and tokens, and wall time, over every process the run has had (a resumed run
+        # goes on from the totals its checkpoint holds).
         self._train_s = 0.0
         self._steps = 0
         self._tokens = 0
+        self._wall_before_s = 0.0
         self._batch_start = 0.0
         self._fit_start = time.monotonic()
 
     def _progress(self, trainer: L.Trainer) -> dict[str, object]:
         return {
             "steps": trainer.global_step,
-            "wall_s": round(time.monotonic() - self._fit_start, 2),
+            "wall_s": round(self._wall_s(), 2),
             "train_s": round(self._train_s, 2),
             "tokens_per_s": round(self._tokens / self._train_s) if self._train_s else None,
             "step_ms": round(1000 * self._train_s / self._steps, 2) if self._steps else None,
@@ -204,16 +201,51 @@ class RunRecord(L.Callback):
         self._steps += 1
         self._tokens += batch[0].numel() * trainer.world_size
 
-    @rank_zero_only
+    def _wall_s(self) -> float:
+        return self._wall_before_s + time.monotonic() - self._fit_start
+
+    def state_dict(self) -> dict[str, float | int | None]:
+        return {
+            "first_loss": self.first_loss,
+            "diverged_at": self.diverged_at,
+            "train_s": self._train_s,
+            "steps_timed": self._steps,
+            "tokens": self._tokens,
+            "wall_s": self._wall_s(),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, float | int | None]) -> None:
+        self.first_loss, self.diverged_at = state_dict["first_loss"], state_dict["diverged_at"]
+        self._train_s, self._steps = state_dict.get("train_s", 0.0), state_dict.get("steps_timed", 0)
+        self._tokens, self._wall_before_s = state_dict.get("tokens", 0), state_dict.get("wall_s", 0.0)
+
     def on_validation_end(self, trainer: L.Trainer, pl_module: GPTModule) -> None:
-        if not trainer.sanity_checking:
+        losses = pl_module.eval_losses
+        if self.first_loss is None:
+            self.first_loss = losses["val"]
+        elif self.diverged_at is None and max(losses.values()) > DIVERGED_FACTOR * self.first_loss:
+            self.diverged_at = trainer.global_step
+            if trainer.is_global_zero:
+                log.warning(
+                    "training diverged at step %d: loss %.4g against %.4f at the start; try a lower optimizer.lr",
+                    trainer.global_step,
+                    max(losses.values()),
+                    self.first_loss,
+                )
+        if trainer.is_global_zero:
             write_record(self.path, **self._progress(trainer))
 
     @rank_zero_only
-    def on_train_end(self, trainer: L.Trainer, pl_module: GPTModule) -> None:
-        write_record(self.path, status="finished", best_val_loss=best_val_loss(trainer), **self._progress(trainer))
+    def on_fit_end(self, trainer: L.Trainer, pl_module: GPTModule) -> None:
+        status = "finished" if self.diverged_at is None else "diverged"
+        write_record(
+            self.path,
+            status=status,
+            best_val_loss=best_val_loss(trainer),
+            diverged_at=self.diverged_at,
+            **self._progress(trainer),
+        )
 
     @rank_zero_only
     def on_exception(self, trainer: L.Trainer, pl_module: GPTModule, exception: BaseException) -> None:
-        write_record(self.path, **self._progress(trainer))
-        record_failure(self.path, exception)
+        record_failure(self.path, exception, **self._progress(trainer))

@@ -27,7 +27,14 @@ def read_checkpoint(path: Path, device: str = "cpu") -> dict[str, Any]:
     try:
         # Memory-mapped: checking a checkpoint before Lightning resumes from it reads only what is looked at.
         checkpoint = torch.load(path, map_location=device, weights_only=True, mmap=True)
-    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile):
+    except pickle.UnpicklingError as err:
+        if "Weights only load failed" in str(err):
+            raise ShakeGPTError(
+                f"{path} was refused as unsafe: loading it would run code it carries (a pickled object other than "
+                "tensors and plain values); shakegpt checkpoints never need that, so it is not ours"
+            ) from None
+        raise ShakeGPTError(f"{path} is not a readable checkpoint: truncated, corrupt, or not a PyTorch file") from None
+    except (RuntimeError, OSError, EOFError, zipfile.BadZipFile):
         raise ShakeGPTError(f"{path} is not a readable checkpoint: truncated, corrupt, or not a PyTorch file") from None
     hparams = checkpoint.get("hyper_parameters", {}) if isinstance(checkpoint, dict) else {}
     if not {"model_config", "vocab"} <= hparams.keys() or "state_dict" not in checkpoint:

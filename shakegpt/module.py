@@ -44,7 +44,8 @@ class GPTModule(L.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         _, loss = self.model(*batch)
-        self.log("train/batch_loss", loss, prog_bar=True)
+        # For the progress bar; the loggers get it from shakegpt.callbacks.EvalReport.
+        self.log("train/batch_loss", loss, prog_bar=True, logger=False)
         return loss
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:

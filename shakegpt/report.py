@@ -2,8 +2,9 @@
 
     python -m shakegpt.report outputs/sweeps/<sweep> [more folders] [--out DIR]
 
-writes report.md, loss_curves.png, scaling.png and results.csv. It reads only what runs wrote into their
-folders: run.json, metrics.csv, samples/final.txt and .hydra/overrides.yaml.
+writes report.md, loss_curves.png, scaling.png, results.csv (a row per run) and curves.csv (a row per run and
+evaluation). It reads only what runs wrote into their folders (see shakegpt.rundir): run.json, metrics.csv,
+samples/final.txt and .hydra/overrides.yaml.
 """
 
 from __future__ import annotations
@@ -24,10 +25,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 from hydra.experimental.callback import Callback  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from shakegpt.callbacks import RUN_RECORD, read_record  # noqa: E402
 from shakegpt.errors import ShakeGPTError  # noqa: E402
+from shakegpt.rundir import METRICS, RUN_RECORD, SAMPLES, read_metrics, read_record  # noqa: E402
 
-METRICS = "metrics.csv"
 log = logging.getLogger(__name__)
 
 
@@ -88,10 +88,8 @@ def _label(folder: Path, record: dict[str, Any]) -> str:
 def load_run(folder: Path) -> Run:
     record = read_record(folder / RUN_RECORD)
     run = Run(folder, _label(folder, record), record)
-    if (folder / METRICS).is_file():
-        with (folder / METRICS).open() as f:
-            run.evals = [(int(r["step"]), float(r["train_loss"]), float(r["val_loss"])) for r in csv.DictReader(f)]
-    sample = folder / "samples" / "final.txt"
+    run.evals = [(row.step, row.train_loss, row.val_loss) for row in read_metrics(folder / METRICS)]
+    sample = folder / SAMPLES / "final.txt"
     if sample.is_file():
         run.sample = sample.read_text(encoding="utf-8")
     return run
@@ -226,6 +224,11 @@ def render(runs: list[Run], out: Path) -> Path:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+    with (out / "curves.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["run", "step", "train_loss", "val_loss"])
+        for run in runs:
+            writer.writerows([run.label, step, f"{train:.6f}", f"{val:.6f}"] for step, train, val in run.evals)
     plot_losses(runs, out / "loss_curves.png")
     plot_scaling(runs, out / "scaling.png")
     report = out / "report.md"

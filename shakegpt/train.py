@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
+import shlex
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,13 +18,26 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, read_write
 
-from shakegpt.callbacks import BEST_VAL_METRIC, RUN_RECORD, best_val_loss, read_record, record_failure
-from shakegpt.checkpoint import check_resumable, resolve_checkpoint
-from shakegpt.errors import ShakeGPTError
+from shakegpt.callbacks import BEST_VAL_METRIC, best_val_loss
+from shakegpt.checkpoint import check_resumable
+from shakegpt.errors import Interrupted, ShakeGPTError
+from shakegpt.hardware import check_accelerator, cpu_precision
 from shakegpt.model import GPTConfig
 from shakegpt.module import GPTModule
+from shakegpt.resume import AtomicCheckpointIO, StartPoint, start_point
+from shakegpt.rundir import (
+    METRICS,
+    RUN_RECORD,
+    FolderInUse,
+    RunLock,
+    read_metrics,
+    read_record,
+    record_failure,
+    write_metrics,
+)
 
 # An absolute path, so the entry point also works when launchers import it as a module.
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
@@ -31,16 +46,6 @@ log = logging.getLogger(__name__)
 
 # Run folders are named by start time and process id, so two runs started in the same second never share one.
 OmegaConf.register_new_resolver("pid", os.getpid, replace=True)
-
-
-def cpu_precision() -> str:
-    """bf16-mixed where the CPU computes bf16 natively (AVX-512 BF16 or AMX): 2-3x faster training steps
-    there (scripts/bench.py); elsewhere bf16 is emulated and slower than fp32, so 32-true."""
-    try:
-        native_bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    except (AttributeError, RuntimeError):
-        native_bf16 = False
-    return "bf16-mixed" if native_bf16 else "32-true"
 
 
 OmegaConf.register_new_resolver("cpu_precision", cpu_precision, replace=True)
@@ -67,20 +72,6 @@ class OutputDirCheck(Callback):
         self._check(config.hydra.sweep.dir)
 
 
-def check_accelerator(accelerator: str) -> None:
-    """Fail before any work when the asked-for hardware is not on this machine."""
-    missing = {
-        "mps": not torch.backends.mps.is_available(),
-        "cuda": not torch.cuda.is_available(),
-        "gpu": not torch.cuda.is_available(),
-    }
-    if missing.get(accelerator, False):
-        raise ShakeGPTError(
-            f"hardware={accelerator} was asked for, but this machine has no {accelerator.upper()} device "
-            f"that PyTorch can use; run with hardware=cpu, or hardware=auto to take the best one present"
-        )
-
-
 def flat_hparams(cfg: DictConfig) -> dict[str, object]:
     """The run's settings as flat key/value pairs for TensorBoard's HParams tab."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -99,8 +90,35 @@ def flat_hparams(cfg: DictConfig) -> dict[str, object]:
     return flat
 
 
-def build(cfg: DictConfig, **trainer_kwargs) -> tuple[L.Trainer, GPTModule, L.LightningDataModule]:
-    """Everything a run needs, from its config: the trainer, the model and the data."""
+def check_settings(cfg: DictConfig) -> None:
+    """Values that would fail deep inside a library, or silently train nonsense, refused in one line."""
+
+    def positive_int(name: str, value: object) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ShakeGPTError(f"{name} must be a positive whole number, got {value!r}")
+
+    for name in ("batch_size", "block_size"):
+        positive_int(f"data.{name}", cfg.data[name])
+    for name in ("max_steps", "val_check_interval", "limit_val_batches"):
+        positive_int(f"trainer.{name}", cfg.trainer[name])
+    lr = cfg.optimizer.lr
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+        raise ShakeGPTError(f"optimizer.lr must be a positive number, got {lr!r}")
+    if cfg.trainer.get("accumulate_grad_batches", 1) != 1:
+        raise ShakeGPTError(
+            "trainer.accumulate_grad_batches is not supported: training batches and evaluations are counted in "
+            "optimizer steps; raise data.batch_size, or add processes with trainer=ddp hardware.devices=N"
+        )
+
+
+def build(
+    cfg: DictConfig, start: StartPoint | None = None, **trainer_kwargs
+) -> tuple[L.Trainer, GPTModule, L.LightningDataModule]:
+    """Everything a run needs, from its config: the trainer, the model and the data. A run continuing from a
+    checkpoint (start) evaluates first only if the checkpoint was taken before an evaluation, and hides the
+    TensorBoard events the interrupted run wrote past it."""
+    start = start or StartPoint()
+    check_settings(cfg)
     check_accelerator(cfg.hardware.accelerator)
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision(cfg.hardware.matmul_precision)
@@ -113,9 +131,14 @@ def build(cfg: DictConfig, **trainer_kwargs) -> tuple[L.Trainer, GPTModule, L.Li
     if cfg.hardware.compile:
         module.model.compile()  # in place, so checkpoint keys stay free of `_orig_mod.`
 
-    callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]
+    callbacks = [instantiate(callback, _convert_="all") for callback in cfg.callbacks.values()]
     callbacks += trainer_kwargs.pop("callbacks", [])
-    trainer = instantiate(cfg.trainer, logger=instantiate(cfg.logger), callbacks=callbacks, **trainer_kwargs)
+    logger = instantiate(cfg.logger, **({"purge_step": start.first_unrecorded_step} if start.checkpoint else {}))
+    if not start.eval_pending:
+        trainer_kwargs["num_sanity_val_steps"] = 0
+    trainer = instantiate(
+        cfg.trainer, logger=logger, callbacks=callbacks, plugins=[AtomicCheckpointIO()], **trainer_kwargs
+    )
     return trainer, module, datamodule
 
 
@@ -146,28 +169,66 @@ def launchable_job() -> Iterator[None]:
         os.environ.update(saved_env)
 
 
+def resume_command(output_dir: Path) -> str:
+    """The command that continues this run (or, in a sweep, the whole sweep) where it stopped."""
+    hydra_cfg = HydraConfig.get()
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    own = ("resume=", "ckpt_path=", "hydra.run.dir=", "hydra.sweep.dir=", "-m", "--multirun")
+    args = [arg for arg in hydra_cfg.overrides.task if not arg.startswith(own)]
+    if multirun:
+        folder = f"hydra.sweep.dir={hydra_cfg.sweep.dir}"
+        args = ["-m", *(arg for arg in sys.argv[1:] if not arg.startswith(own))]
+    else:
+        folder = f"hydra.run.dir={output_dir}"
+    return shlex.join(["python", "-m", "shakegpt.train", *args, folder, "resume=true"])
+
+
+def save_run_config(cfg: DictConfig, output_dir: Path) -> None:
+    """What Hydra would write into .hydra/ (it is told not to, see conf/hydra/default.yaml)."""
+    hydra_cfg = HydraConfig.get()
+    folder = output_dir / ".hydra"
+    folder.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, folder / "config.yaml")
+    OmegaConf.save(OmegaConf.create({"hydra": hydra_cfg}), folder / "hydra.yaml")
+    OmegaConf.save(OmegaConf.create(list(hydra_cfg.overrides.task)), folder / "overrides.yaml")
+
+
+def drop_records_from(output_dir: Path, step: int) -> None:
+    """An interrupted run may have recorded evaluations its checkpoint does not hold; the resumed run records
+    them again."""
+    path = output_dir / METRICS
+    rows = read_metrics(path)
+    kept = [row for row in rows if row.step < step]
+    if len(kept) != len(rows):
+        write_metrics(path, kept)
+
+
 def train(cfg: DictConfig) -> float:
     """Fit one model as the config says; returns the best val loss, the metric sweeps optimise.
 
-    With resume=true, a run folder whose run finished is skipped (its best val loss returned), and one whose
-    run was interrupted continues from its last checkpoint: re-running a sweep into its folder redoes no work.
+    With resume=true, a run folder whose run finished (at trainer.max_steps or beyond) is skipped, its best val
+    loss returned, and one whose run was interrupted continues from its last checkpoint: re-running a sweep
+    into its folder redoes no work.
     """
     output_dir = Path(cfg.paths.output_dir)
-    ckpt_path = resolve_checkpoint(cfg.ckpt_path, "last.ckpt") if cfg.ckpt_path else None
-    if cfg.resume:
-        record = read_record(output_dir / RUN_RECORD)
-        if record.get("status") == "finished":
-            log.info("%s finished already; skipped (resume=true)", output_dir)
-            return float(record.get("best_val_loss", float("nan")))
-        last = output_dir / "checkpoints" / "last.ckpt"
-        if ckpt_path is None and last.is_file():
-            ckpt_path = last
-    trainer, module, datamodule = build(cfg)
-    if ckpt_path is not None:
-        check_resumable(ckpt_path, module.hparams.model_config, module.hparams.vocab)
+    check_settings(cfg)
+    record = read_record(output_dir / RUN_RECORD)
+    done = record.get("status") in ("finished", "diverged") and record.get("steps", 0) >= cfg.trainer.max_steps
+    if cfg.resume and done and not cfg.ckpt_path:
+        log.info("%s finished already; skipped (resume=true)", output_dir)
+        return float(record.get("best_val_loss") or float("nan"))
+    settings = OmegaConf.to_container(cfg.callbacks.run_checkpoints.settings, resolve=True)
+    start = start_point(output_dir, cfg.ckpt_path, cfg.resume, settings)
+    if rank_zero_only.rank == 0:
+        save_run_config(cfg, output_dir)
+        drop_records_from(output_dir, start.first_unrecorded_step)
+    trainer, module, datamodule = build(cfg, start)
+    if start.checkpoint is not None:
+        check_resumable(start.checkpoint, module.hparams.model_config, module.hparams.vocab)
     print(f"{module.model.num_parameters() / 1e6:.6f} M parameters", flush=True)
-    trainer.logger.log_hyperparams(flat_hparams(cfg), metrics={BEST_VAL_METRIC: float("nan")})
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    if start.checkpoint is None:  # a resumed run's TensorBoard folder has them already
+        trainer.logger.log_hyperparams(flat_hparams(cfg), metrics={BEST_VAL_METRIC: float("nan")})
+    trainer.fit(module, datamodule=datamodule, ckpt_path=start.checkpoint)
     # Wait for the ranks this process launched, so that none outlives its job.
     for rank_process in getattr(trainer.strategy.launcher, "procs", []):
         rank_process.wait()
@@ -177,28 +238,58 @@ def train(cfg: DictConfig) -> float:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    """Runs train(); a failure is recorded in the run folder's run.json.
+    """Runs train() holding the run folder's lock; a failure is recorded in the run folder's run.json.
 
-    Alone, a bad input ends the program with a one-line message. In a sweep, a failed job is logged and
-    returns None, so the other jobs and the sweep report go on; the Optuna sweeper records None as a failed
-    trial (a NaN would make it crash instead).
+    Alone, a bad input ends the program with a one-line message, and an interruption with one line saying how
+    to continue and the signal's exit status (130 for Ctrl-C, 143 for SIGTERM). In a sweep, a failed job is
+    logged and returns None, so the other jobs and the sweep report go on; the Optuna sweeper records None as a
+    failed trial (a NaN would make it crash instead). An interruption stops the whole sweep.
     """
+    output_dir = Path(cfg.paths.output_dir)
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    # DDP ranks other than the first write nothing; the first holds the lock for them.
+    lock = RunLock(output_dir) if rank_zero_only.rank == 0 else None
+    # A run refused before it starts (a resume with other settings) leaves the folder's record as it was.
+    record_before = read_record(output_dir / RUN_RECORD)
+
+    def record(err: BaseException) -> None:
+        if not record_before or read_record(output_dir / RUN_RECORD) != record_before:
+            record_failure(output_dir / RUN_RECORD, err)
+
     try:
+        if lock is not None:
+            lock.acquire()
         with launchable_job():
             return train(cfg)
+    except FolderInUse as err:
+        if multirun and cfg.resume:
+            log.warning("job %s skipped: %s", HydraConfig.get().job.override_dirname, err)
+            return None
+        raise SystemExit(f"error: {err}") from None
+    except Interrupted as err:
+        record(err)
+        print(f"{err}; continue with: {resume_command(output_dir)}", file=sys.stderr, flush=True)
+        raise SystemExit(err.exit_code) from None
     except Exception as err:
-        record_failure(Path(cfg.paths.output_dir) / RUN_RECORD, err)
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
+        record(err)
+        if multirun:
             log.error(
                 "job %s failed: %s",
                 HydraConfig.get().job.override_dirname,
                 err,
-                exc_info=not isinstance(err, ShakeGPTError),
+                exc_info=not isinstance(err, (ShakeGPTError, OSError)),
             )
             return None
         if isinstance(err, ShakeGPTError):
             raise SystemExit(f"error: {err}") from None
+        if isinstance(err, OSError):  # a full disk, a read-only folder: the earlier checkpoints are intact
+            raise SystemExit(
+                f"error: {err.strerror or err} ({err.filename or output_dir}); the earlier checkpoints are intact"
+            ) from None
         raise
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 if __name__ == "__main__":

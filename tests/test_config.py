@@ -4,8 +4,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from shakegpt.errors import ShakeGPTError
+from shakegpt.hardware import check_accelerator, cpu_precision
 from shakegpt.model import GPT, GPTConfig
-from shakegpt.train import check_accelerator, cpu_precision
 
 from .conftest import ROOT
 

@@ -1,0 +1,213 @@
+"""Resuming exactly: where a run starts, what its checkpoints carry, and stopping only where it can continue.
+
+A run checkpoints (checkpoints/last.ckpt) at the end of every step that is followed by an evaluation, before
+that evaluation, and at the end of whichever step it is in when Ctrl-C or SIGTERM arrives. Those are the only
+moments: the optimizer has stepped, nothing of the next step has happened, and the checkpoint notes whether the
+step's evaluation is still to be done. A resumed run does that evaluation first, then goes on with the next
+batch (training batches are indexed by step), so its losses, metrics.csv and TensorBoard scalars are those of
+the uninterrupted run. A signal during an evaluation stops at once: the checkpoint from before it stands. A kill
+at any moment leaves the last checkpoint, which was written whole (rundir.write_atomically).
+"""
+
+from __future__ import annotations
+
+import io
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from shakegpt.checkpoint import read_checkpoint, resolve_checkpoint
+from shakegpt.errors import Interrupted, ShakeGPTError
+from shakegpt.rundir import last_checkpoint, remove_stale_temp_files, write_atomically
+
+# The section of a checkpoint that says how to continue it.
+RESUME_KEY = "shakegpt_resume"
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoint files are replaced whole, through a temporary file in their own folder: a kill or a full disk
+    during a write leaves the previous checkpoint intact (Lightning's own writes go through $TMPDIR, which on
+    another filesystem becomes a copy that can be cut short)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        write_atomically(Path(path), buffer.getbuffer())
+
+
+def is_eval_step(trainer: L.Trainer, step: int) -> bool:
+    """Evaluations come at step 0, every val_check_interval steps, and after the last step."""
+    return step == trainer.max_steps or step % int(trainer.val_check_interval) == 0
+
+
+class Trainer(L.Trainer):
+    """Lightning's Trainer, whose pre-training evaluation (the 'sanity check') is the run's pending evaluation:
+    step 0's for a new run, and for a resumed run the one its checkpoint was taken before. The entry point asks
+    for it (num_sanity_val_steps) exactly then; Lightning would skip it on every resume."""
+
+    def _run_sanity_check(self) -> None:
+        self.fit_loop.epoch_loop.val_loop.restarting = False
+        super()._run_sanity_check()
+
+
+class RunCheckpoints(L.Callback):
+    """Writes checkpoints/last.ckpt at the points a run resumes from exactly (see the module's docstring),
+    checkpoints/best.ckpt after every evaluation that lowers the val loss, and turns Ctrl-C and SIGTERM into a
+    stop at the next such point. A second Ctrl-C stops at once; the last checkpoint then stands."""
+
+    def __init__(self, dirpath: str, settings: dict[str, Any]) -> None:
+        self.dirpath = Path(dirpath)
+        self.settings = settings
+        self.best_val_loss = float("inf")
+        self.best_step = -1
+        self.stop_signal: int | None = None
+        self._eval_pending = False
+        self._previous_handlers: dict[int, Any] = {}
+        self._trainer: L.Trainer | None = None
+
+    # --- what a checkpoint carries -------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"best_val_loss": self.best_val_loss, "best_step": self.best_step}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best_val_loss, self.best_step = float(state_dict["best_val_loss"]), int(state_dict["best_step"])
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        # Checkpoints written before this callback existed (shakegpt 0.1) kept the best val loss in Lightning's
+        # ModelCheckpoint state; without it, the next evaluation would replace best.ckpt whatever its loss.
+        if RESUME_KEY not in checkpoint:
+            for key, state in checkpoint.get("callbacks", {}).items():
+                score = state.get("best_model_score")
+                if key.startswith("ModelCheckpoint") and "val/loss" in key and score is not None:
+                    self.best_val_loss = float(score)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        checkpoint[RESUME_KEY] = {"eval_pending": self._eval_pending, "settings": self.settings}
+
+    def _save(self, trainer: L.Trainer, pl_module: L.LightningModule, path: Path, eval_pending: bool) -> None:
+        if not all(torch.isfinite(p).all() for p in pl_module.parameters()):
+            raise ShakeGPTError(
+                f"training diverged: the weights hold non-finite values at step {trainer.global_step}; the last "
+                "good checkpoint is kept; try a lower optimizer.lr"
+            )
+        self._eval_pending = eval_pending
+        trainer.save_checkpoint(path, weights_only=False)
+
+    # --- signals ---------------------------------------------------------------------------------------------
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self.stop_signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.stop_signal = signum
+        launcher = self._trainer.strategy.launcher if self._trainer is not None else None
+        if launcher is not None:
+            launcher.kill(signum)  # the other DDP ranks stop at the same step
+
+    def _install_handlers(self, trainer: L.Trainer) -> None:
+        # After Lightning has installed its own SIGTERM handler (which would stop in the middle of an
+        # evaluation); Lightning puts the handlers back at the end of fit, and teardown does too.
+        self._trainer = trainer
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            if signum not in self._previous_handlers:
+                self._previous_handlers[signum] = signal.getsignal(signum)
+            signal.signal(signum, self._on_signal)
+
+    def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._install_handlers(trainer)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._install_handlers(trainer)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        for signum, handler in self._previous_handlers.items():
+            signal.signal(signum, handler)
+        self._previous_handlers = {}
+
+    def _stop_requested(self, trainer: L.Trainer) -> bool:
+        requested = self.stop_signal is not None
+        if trainer.world_size > 1:  # every rank stops at the same point
+            requested = trainer.strategy.reduce_boolean_decision(requested, all=False)
+        return requested
+
+    # --- the points ------------------------------------------------------------------------------------------
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            remove_stale_temp_files(self.dirpath)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        step = trainer.global_step
+        pending, stop = is_eval_step(trainer, step), self._stop_requested(trainer)
+        if pending or stop:
+            self._save(trainer, pl_module, self.dirpath / "last.ckpt", eval_pending=pending)
+        if stop:
+            raise Interrupted(self.stop_signal or signal.SIGTERM, step)
+
+    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if self._stop_requested(trainer):
+            raise Interrupted(self.stop_signal or signal.SIGTERM, trainer.global_step)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        val_loss = pl_module.eval_losses["val"]
+        if val_loss < self.best_val_loss:
+            self.best_val_loss, self.best_step = val_loss, trainer.global_step
+            self._save(trainer, pl_module, self.dirpath / "best.ckpt", eval_pending=False)
+
+
+@dataclass(frozen=True)
+class StartPoint:
+    """Where a run starts: a checkpoint (None for a new run), the steps it holds, and whether the evaluation of
+    that step is still to be done."""
+
+    checkpoint: Path | None = None
+    step: int = 0
+    eval_pending: bool = True
+
+    @property
+    def first_unrecorded_step(self) -> int:
+        """Records (metrics.csv rows, TensorBoard events) from this step on belong to a future the checkpoint
+        does not hold: an interrupted run may have written some, and the resumed run writes them again."""
+        return self.step if self.eval_pending else self.step + 1
+
+
+def start_point(output_dir: Path, ckpt_path: str | None, resume: bool, settings: dict[str, Any]) -> StartPoint:
+    """From ckpt_path (a .ckpt file, or a run folder's last checkpoint), else with resume=true from the run
+    folder's own last checkpoint, else from scratch. Refuses a checkpoint that cannot continue with settings."""
+    path = resolve_checkpoint(ckpt_path, "last.ckpt") if ckpt_path else None
+    if path is None and resume and last_checkpoint(output_dir).is_file():
+        path = last_checkpoint(output_dir)
+    if path is None:
+        return StartPoint()
+    checkpoint = read_checkpoint(path)
+    saved = checkpoint.get(RESUME_KEY, {})
+    check_same_settings(path, saved.get("settings"), settings)
+    return StartPoint(path, int(checkpoint.get("global_step", 0)), bool(saved.get("eval_pending", False)))
+
+
+def _flatten(prefix: str, node: Any) -> dict[str, Any]:
+    if isinstance(node, dict):
+        flat: dict[str, Any] = {}
+        for key, value in node.items():
+            flat.update(_flatten(f"{prefix}.{key}" if prefix else str(key), value))
+        return flat
+    return {prefix: node}
+
+
+def check_same_settings(path: Path, saved: dict[str, Any] | None, settings: dict[str, Any]) -> None:
+    """A resumed run keeps the settings that decide its numbers; changing one would be recorded but not
+    take effect (the optimizer's state, for one, comes from the checkpoint)."""
+    if saved is None:
+        return  # a checkpoint from before settings were recorded
+    before, now = _flatten("", saved), _flatten("", settings)
+    changed = [
+        f"{key}={now.get(key)!r} (was {before.get(key)!r})" for key in sorted(now) if now[key] != before.get(key)
+    ]
+    if changed:
+        raise ShakeGPTError(
+            f"cannot resume {path} with other settings: {', '.join(changed)}; a resumed run keeps the settings it "
+            "started with (trainer.max_steps and hardware may change): drop those overrides, or start a new run "
+            "in another folder"
+        )

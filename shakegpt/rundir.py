@@ -1,0 +1,188 @@
+"""The run folder: the names of what a run writes, its records, and the lock that keeps one writer per folder.
+
+No torch or Lightning here, so reports and tools that only read run folders start fast.
+
+    <run folder>/
+      run.json                  what ran, how fast, and how it ended (status: running, finished, diverged,
+                                interrupted, failed)
+      metrics.csv               one row per evaluation: step, train loss, val loss, elapsed seconds
+      samples/step_NNNNNN.txt   a short sample after each evaluation; samples/final.txt after training
+      checkpoints/last.ckpt     where the run continues from; checkpoints/best.ckpt, the lowest val loss
+      run.lock                  held by the process writing the folder
+      .hydra/                   the composed config and the overrides; events.out.tfevents.* for TensorBoard
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import fcntl
+import io
+import json
+import os
+import socket
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from shakegpt.errors import Interrupted
+
+RUN_RECORD = "run.json"
+METRICS = "metrics.csv"
+SAMPLES = "samples"
+CHECKPOINTS = "checkpoints"
+LAST_CHECKPOINT = "last.ckpt"
+BEST_CHECKPOINT = "best.ckpt"
+LOCK = "run.lock"
+METRICS_HEADER = ("step", "train_loss", "val_loss", "elapsed_s")
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def last_checkpoint(folder: Path) -> Path:
+    return folder / CHECKPOINTS / LAST_CHECKPOINT
+
+
+def best_checkpoint(folder: Path) -> Path:
+    return folder / CHECKPOINTS / BEST_CHECKPOINT
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Replace path with data so that a reader, a crash or a full disk never leaves half a file: a temporary
+    file in the same folder, flushed to disk, then renamed over path. On failure path is as it was."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # as open() would create it; mkstemp makes it private
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):  # the rename itself reaches the disk with the folder's entry
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def remove_stale_temp_files(folder: Path) -> None:
+    """Temporary files that a killed writer left behind (write_atomically's)."""
+    if folder.is_dir():
+        for stale in folder.glob(".*.tmp"):
+            with contextlib.suppress(OSError):
+                stale.unlink()
+
+
+def read_record(path: Path) -> dict[str, object]:
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def write_record(path: Path, **updates: object) -> dict[str, object]:
+    """Merge updates into the run record at path; written whole, so readers never see half a file."""
+    record = read_record(path)
+    record.update(updates)
+    write_atomically(path, (json.dumps(record, indent=2) + "\n").encode())
+    return record
+
+
+def record_failure(path: Path, error: BaseException, **updates: object) -> None:
+    """Note in the run record that the run failed, and why (also for failures before training starts), or
+    that it was interrupted (Ctrl-C, a signal), which is no failure: it resumes. Best effort: on a full disk
+    the record stays as it was."""
+    interrupted = isinstance(error, (KeyboardInterrupt, SystemExit, Interrupted))
+    status = "interrupted" if interrupted else "failed"
+    with contextlib.suppress(OSError):
+        write_record(path, **updates, status=status, error=f"{type(error).__name__}: {error}")
+
+
+@dataclass(frozen=True)
+class EvalRow:
+    step: int
+    train_loss: float
+    val_loss: float
+    elapsed_s: float
+
+
+def read_metrics(path: Path) -> list[EvalRow]:
+    """The evaluations a run recorded, in order; an unreadable file reads as none."""
+    if not path.is_file():
+        return []
+    try:
+        with path.open(newline="") as f:
+            return [
+                EvalRow(int(row["step"]), float(row["train_loss"]), float(row["val_loss"]), float(row["elapsed_s"]))
+                for row in csv.DictReader(f)
+            ]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
+def write_metrics(path: Path, rows: list[EvalRow]) -> None:
+    """The whole file, atomically: a kill or a full disk never leaves a half row."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(METRICS_HEADER)
+    for row in rows:
+        writer.writerow([row.step, f"{row.train_loss:.6f}", f"{row.val_loss:.6f}", f"{row.elapsed_s:.2f}"])
+    write_atomically(path, out.getvalue().encode())
+
+
+class FolderInUse(Exception):
+    """Another live process writes this run folder."""
+
+    def __init__(self, folder: Path, holder: str) -> None:
+        super().__init__(
+            f"the run folder {folder} is in use by {holder}: wait for it to end, stop it, or choose another "
+            "folder with hydra.run.dir=..."
+        )
+        self.holder = holder
+
+
+class RunLock:
+    """One writer per run folder: an exclusive lock on <folder>/run.lock for as long as the run lives.
+
+    The operating system drops the lock when its process dies, however it dies (kill -9 included), so a stale
+    lock file is simply taken over. The file names the holder, for the error the next process shows.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / LOCK
+        self._file: io.TextIOWrapper | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock_file = self.path.open("a+")
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock_file.seek(0)
+            holder = lock_file.read().strip() or "another process"
+            lock_file.close()
+            raise FolderInUse(self.path.parent, holder) from None
+        lock_file.seek(0)
+        lock_file.truncate()
+        lock_file.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+        lock_file.flush()
+        self._file = lock_file
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()  # closing drops the lock; the file stays, harmlessly
+            self._file = None
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

@@ -1,0 +1,338 @@
+"""Long runs survive anything: the real entry point, real signals, real kills, and what they leave on disk.
+
+Every interrupted run here is resumed and compared with one uninterrupted run of the same settings: the same
+metrics.csv rows, TensorBoard scalars and samples, no evaluation missing or repeated.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from shakegpt.errors import ShakeGPTError
+from shakegpt.generate import check_options
+from shakegpt.hardware import pick_device
+from shakegpt.rundir import read_metrics
+from shakegpt.train import check_settings
+
+from .conftest import ROOT, TINY, run_module
+
+# 30 steps, evaluations at 0, 10, 20, 30 long enough (100 batches per split) to be interrupted in the middle.
+SETTINGS = [*TINY, "trainer.max_steps=30", "trainer.limit_val_batches=100", "callbacks.progress_bar.refresh_rate=1"]
+
+
+class Run:
+    """The training entry point in a subprocess, its output collected as it comes (the progress bar writes
+    without newlines), so a test can wait for a moment and then signal it."""
+
+    def __init__(self, folder: Path, *overrides: str) -> None:
+        self.folder = folder
+        command = [sys.executable, "-m", "shakegpt.train", *SETTINGS, *overrides, f"hydra.run.dir={folder}"]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"}
+        self.process = subprocess.Popen(
+            command, cwd=folder.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        self.output = ""
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        while chunk := os.read(self.process.stdout.fileno(), 4096):
+            self.output += chunk.decode(errors="replace")
+
+    def wait_for(self, pattern: str, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while not re.search(pattern, self.output):
+            assert self.process.poll() is None, f"ended before {pattern!r}:\n{self.output[-3000:]}"
+            assert time.monotonic() < deadline, f"no {pattern!r} in time:\n{self.output[-3000:]}"
+            time.sleep(0.02)
+
+    def finish(self, timeout: float = 300) -> int:
+        code = self.process.wait(timeout=timeout)
+        self._reader.join(timeout=10)
+        return code
+
+
+def resume(folder: Path, *overrides: str) -> Run:
+    run = Run(folder, "resume=true", *overrides)
+    assert run.finish() == 0, run.output[-3000:]
+    return run
+
+
+def scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    accumulator = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    return {  # NaN (the HParams placeholder) as None, which compares equal to itself
+        tag: [
+            (event.step, None if math.isnan(event.value) else round(event.value, 5))
+            for event in accumulator.Scalars(tag)
+        ]
+        for tag in accumulator.Tags()["scalars"]
+        if tag != "epoch"
+    }
+
+
+def assert_same_outcome(folder: Path, expected: dict[str, object]) -> None:
+    actual = outcome(folder)
+    for key, value in expected.items():
+        assert actual[key] == value, key
+
+
+def outcome(folder: Path) -> dict[str, object]:
+    """Everything a run's numbers show, clock times aside."""
+    return {
+        "metrics": [(row.step, row.train_loss, row.val_loss) for row in read_metrics(folder / "metrics.csv")],
+        "scalars": scalars(folder),
+        "samples": {path.name: path.read_text() for path in sorted((folder / "samples").iterdir())},
+        "status": json.loads((folder / "run.json").read_text())["status"],
+    }
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> dict[str, object]:
+    folder = tmp_path_factory.mktemp("faults") / "uninterrupted"
+    folder.parent.mkdir(exist_ok=True)
+    run = Run(folder)
+    assert run.finish() == 0, run.output[-3000:]
+    result = outcome(folder)
+    assert [step for step, *_ in result["metrics"]] == [0, 10, 20, 30]
+    return result
+
+
+@pytest.mark.parametrize(
+    ("moment", "signum"),
+    [
+        ("Validation DataLoader 1:", signal.SIGINT),  # Ctrl-C in the val half of an evaluation
+        ("Validation DataLoader 0:", signal.SIGTERM),  # SIGTERM in the train half
+        (r"step 10: train loss", signal.SIGINT),  # Ctrl-C between evaluations, in the middle of a step
+    ],
+    ids=["sigint-val-split", "sigterm-train-split", "sigint-mid-interval"],
+)
+def test_an_interrupted_run_resumes_to_the_uninterrupted_numbers(tmp_path, uninterrupted, moment, signum):
+    folder = tmp_path / "run"
+    run = Run(folder)
+    run.wait_for(r"step 0: train loss")  # past the first evaluation
+    run.wait_for(moment)
+    run.process.send_signal(signum)
+    code = run.finish()
+
+    assert code == 128 + signum, run.output[-3000:]
+    stopped = re.search(r"interrupted by (SIG\w+) at step (\d+); continue with: (.+)", run.output)
+    assert stopped, run.output[-3000:]
+    assert stopped.group(1) == signal.Signals(signum).name
+    assert f"hydra.run.dir={folder} resume=true" in stopped.group(3)
+    assert "Traceback" not in run.output
+    record = json.loads((folder / "run.json").read_text())
+    assert record["status"] == "interrupted" and record["steps"] == int(stopped.group(2))
+
+    resume(folder)
+    assert_same_outcome(folder, uninterrupted)
+
+
+def test_a_kill_after_an_evaluation_resumes_without_repeating_rows(tmp_path, uninterrupted):
+    folder = tmp_path / "run"
+    run = Run(folder)
+    run.wait_for(r"step 20: train loss")
+    run.process.kill()
+    run.finish()
+    assert json.loads((folder / "run.json").read_text())["status"] == "running"  # it had no chance to say
+
+    resume(folder)
+    assert_same_outcome(folder, uninterrupted)
+
+
+def test_resuming_a_finished_run_completes_it_or_says_it_is_done(tmp_path, uninterrupted):
+    folder = tmp_path / "run"
+    run = Run(folder)
+    assert run.finish() == 0
+    # A kill after the last checkpoint, before the run could say it finished: it completes what was left.
+    record = json.loads((folder / "run.json").read_text())
+    (folder / "run.json").write_text(json.dumps({**record, "status": "running"}))
+    (folder / "samples" / "final.txt").unlink()
+    resumed = resume(folder)
+    assert "step 30: train loss" in resumed.output
+    assert_same_outcome(folder, uninterrupted)
+
+    again = resume(folder)
+    assert "finished already; skipped" in again.output
+
+
+def test_a_second_writer_is_refused_and_changes_nothing(tmp_path):
+    folder = tmp_path / "run"
+    first = Run(folder, "trainer.max_steps=100000")
+    first.wait_for(r"step 0: train loss")
+    before = (folder / ".hydra" / "config.yaml").read_text()
+    second = run_module("shakegpt.train", *TINY, "seed=2", f"hydra.run.dir={folder}", cwd=tmp_path)
+    assert second.returncode == 1
+    assert f"in use by process {first.process.pid}" in second.stderr and "Traceback" not in second.stderr
+    assert (folder / ".hydra" / "config.yaml").read_text() == before
+    assert json.loads((folder / "run.json").read_text())["status"] == "running"
+
+    first.process.kill()  # the lock dies with its holder: the next process takes the folder over
+    first.finish()
+    resume(folder)
+
+
+def test_a_resume_with_other_settings_is_refused_and_records_nothing(tmp_path):
+    folder = tmp_path / "run"
+    assert run_module("shakegpt.train", *TINY, f"hydra.run.dir={folder}", cwd=tmp_path).returncode == 0
+    before = (folder / ".hydra" / "config.yaml").read_text()
+    proc = run_module(
+        "shakegpt.train", *TINY, "optimizer.lr=1e3", "trainer.max_steps=30", f"hydra.run.dir={folder}",
+        "resume=true", cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert "optimizer.lr=1000.0 (was 0.0003)" in proc.stderr and "Traceback" not in proc.stderr
+    assert (folder / ".hydra" / "config.yaml").read_text() == before
+    assert json.loads((folder / "run.json").read_text())["status"] == "finished"
+
+
+def test_a_diverged_run_never_overwrites_a_good_checkpoint(tmp_path):
+    """lr 1e3 turns the weights non-finite within steps: the checkpoints from before must survive."""
+    folder = tmp_path / "run"
+    proc = run_module(
+        "shakegpt.train", *TINY, "optimizer.lr=1e3", "trainer.val_check_interval=1", f"hydra.run.dir={folder}",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert "diverged" in proc.stderr and "Traceback" not in proc.stderr
+    failed_at = int(re.findall(r"at step (\d+)", proc.stderr)[-1])
+    checkpoint = torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True)
+    assert 0 < checkpoint["global_step"] <= failed_at
+    assert all(torch.isfinite(value).all() for value in checkpoint["state_dict"].values())
+    assert json.loads((folder / "run.json").read_text())["status"] == "failed"
+
+
+def test_a_huge_but_finite_loss_is_recorded_as_diverged(tmp_path):
+    folder = tmp_path / "run"
+    proc = run_module("shakegpt.train", *TINY, "optimizer.lr=5", f"hydra.run.dir={folder}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads((folder / "run.json").read_text())
+    assert record["status"] == "diverged" and record["diverged_at"] in (10, 20)
+    assert "training diverged at step" in proc.stdout + proc.stderr
+
+
+def test_checkpoint_writes_leave_no_temp_files_and_stale_ones_are_cleaned(tmp_path):
+    folder = tmp_path / "run"
+    (folder / "checkpoints").mkdir(parents=True)
+    stale = folder / "checkpoints" / ".last.ckpt.abc123.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    assert run_module("shakegpt.train", *TINY, f"hydra.run.dir={folder}", cwd=tmp_path).returncode == 0
+    assert sorted(path.name for path in (folder / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert not list(folder.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("trainer.max_steps=0", "trainer.max_steps must be a positive whole number"),
+        ("trainer.val_check_interval=0", "trainer.val_check_interval must be a positive whole number"),
+        ("optimizer.lr=-1", "optimizer.lr must be a positive number"),
+        ("optimizer.lr=nan", "optimizer.lr must be a positive number"),
+        ("data.batch_size=0", "data.batch_size must be a positive whole number"),
+        ("+trainer.accumulate_grad_batches=2", "accumulate_grad_batches is not supported"),
+    ],
+)
+def test_bad_training_values_are_refused(override, message):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[*TINY, override])
+    with pytest.raises(ShakeGPTError, match=message):
+        check_settings(cfg)
+
+
+def test_a_bad_value_is_one_line_from_the_command_line(tmp_path):
+    proc = run_module("shakegpt.train", *TINY, "data.batch_size=0", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == ["error: data.batch_size must be a positive whole number, got 0"]
+
+
+class RunsCode:
+    """Unpickling this runs a command: what a malicious checkpoint would carry."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_as_unsafe(tmp_path):
+    marker = tmp_path / "it-ran"
+    path = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"model_config": {}, "vocab": "ab"}, "x": RunsCode(marker)}, path)
+    proc = run_module("shakegpt.generate", f"ckpt_path={path}", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "refused as unsafe" in proc.stderr and "Traceback" not in proc.stderr
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("top_k=0", "top_k must be a positive whole number"),
+        ("top_k=-3", "top_k must be a positive whole number"),
+        ("temperature=nan", "temperature must be a positive number"),
+        ("temperature=0", "temperature must be a positive number"),
+        ("max_new_tokens=abc", "max_new_tokens must be a whole number"),
+        ("max_new_tokens=2.5", "max_new_tokens must be a whole number"),
+        ("max_new_tokens=-5", "max_new_tokens must be a whole number"),
+        ("kv_cache=bogus", "kv_cache must be one of exact, fast, off"),
+        ("device=tpu", "device must be auto, cpu"),
+    ],
+)
+def test_bad_sampling_options_are_refused(override, message):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="generate", overrides=["ckpt_path=somewhere", override])
+    with pytest.raises(ShakeGPTError, match=message):
+        check_options(cfg)
+        pick_device(cfg.device)
+
+
+@pytest.mark.parametrize("device", ["cuda", "mps"])
+def test_sampling_on_a_device_the_machine_lacks_says_so(run, tmp_path, device):
+    if device == "cuda" and torch.cuda.is_available() or device == "mps" and torch.backends.mps.is_available():
+        pytest.skip(f"this machine has {device}")
+    folder, _ = run
+    proc = run_module("shakegpt.generate", f"ckpt_path={folder}", f"device={device}", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert f"device={device} was asked for" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 600 KB filesystem: room for the first checkpoints of a tiny run, not for the later ones."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mount)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_full_disk_fails_in_one_line_and_keeps_the_checkpoints(small_disk, tmp_path):
+    folder = small_disk / "run"
+    proc = run_module("shakegpt.train", *TINY, "trainer.max_steps=100", f"hydra.run.dir={folder}", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: No space left on device")
+    assert "Traceback" not in proc.stderr
+    last = torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True)  # whole, loadable
+    assert last["global_step"] == 10
+    assert not list(folder.rglob(".*.tmp"))
+    record = json.loads((folder / "run.json").read_text())
+    assert record["status"] == "failed" and "No space left" in record["error"]
