@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import shlex
 import sys
 from collections.abc import Iterator
@@ -169,6 +170,13 @@ def launchable_job() -> Iterator[None]:
         os.environ.update(saved_env)
 
 
+def hydra_value(value: object) -> str:
+    """value as a Hydra override accepts it: quoted when it holds characters Hydra's grammar reads (a sweep
+    job's folder name holds '=' and ',')."""
+    text = str(value)
+    return text if re.fullmatch(r"[\w./~+-]*", text) else "'" + text.replace("'", "\\'") + "'"
+
+
 def resume_command(output_dir: Path) -> str:
     """The command that continues this run (or, in a sweep, the whole sweep) where it stopped."""
     hydra_cfg = HydraConfig.get()
@@ -176,10 +184,10 @@ def resume_command(output_dir: Path) -> str:
     own = ("resume=", "ckpt_path=", "hydra.run.dir=", "hydra.sweep.dir=", "-m", "--multirun")
     args = [arg for arg in hydra_cfg.overrides.task if not arg.startswith(own)]
     if multirun:
-        folder = f"hydra.sweep.dir={hydra_cfg.sweep.dir}"
+        folder = f"hydra.sweep.dir={hydra_value(hydra_cfg.sweep.dir)}"
         args = ["-m", *(arg for arg in sys.argv[1:] if not arg.startswith(own))]
     else:
-        folder = f"hydra.run.dir={output_dir}"
+        folder = f"hydra.run.dir={hydra_value(output_dir)}"
     return shlex.join(["python", "-m", "shakegpt.train", *args, folder, "resume=true"])
 
 

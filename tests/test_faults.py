@@ -26,7 +26,7 @@ from shakegpt.errors import ShakeGPTError
 from shakegpt.generate import check_options
 from shakegpt.hardware import pick_device
 from shakegpt.rundir import read_metrics
-from shakegpt.train import check_settings
+from shakegpt.train import check_settings, hydra_value
 
 from .conftest import ROOT, TINY, run_module
 
@@ -40,7 +40,8 @@ class Run:
 
     def __init__(self, folder: Path, *overrides: str) -> None:
         self.folder = folder
-        command = [sys.executable, "-m", "shakegpt.train", *SETTINGS, *overrides, f"hydra.run.dir={folder}"]
+        where = f"hydra.run.dir={hydra_value(folder)}"
+        command = [sys.executable, "-m", "shakegpt.train", *SETTINGS, *overrides, where]
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"}
         self.process = subprocess.Popen(
             command, cwd=folder.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
@@ -336,3 +337,22 @@ def test_a_full_disk_fails_in_one_line_and_keeps_the_checkpoints(small_disk, tmp
     assert not list(folder.rglob(".*.tmp"))
     record = json.loads((folder / "run.json").read_text())
     assert record["status"] == "failed" and "No space left" in record["error"]
+
+
+def test_a_resumed_sweep_skips_the_jobs_a_live_process_holds(tmp_path):
+    sweep = tmp_path / "sweep"
+    held = sweep / "experiment=smoke,hardware=cpu,model.n_layer=1"
+    sweep.mkdir()
+    live = Run(held, "trainer.max_steps=100000")
+    live.wait_for(r"step 0: train loss")
+    proc = run_module(
+        "shakegpt.train", "-m", *TINY, "model.n_layer=1,2", f"hydra.sweep.dir={sweep}", "resume=true", cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"skipped: the run folder {held} is in use by process {live.process.pid}" in proc.stdout + proc.stderr
+    assert live.process.poll() is None  # untouched, still training
+    assert json.loads((held / "run.json").read_text())["status"] == "running"
+    other = sweep / "experiment=smoke,hardware=cpu,model.n_layer=2"
+    assert json.loads((other / "run.json").read_text())["status"] == "finished"
+    live.process.kill()
+    live.finish()
