@@ -92,6 +92,8 @@ def compare(label: str, folder: Path, original: Curve, lines: list[str]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", type=Path, default=RESULTS, help="the results folder (default: docs/results)")
+    parser.add_argument("--machine", default="", help="the machine the runs ran on, for the record")
+    parser.add_argument("--command", default="", help="the command that ran them, for the record")
     args = parser.parse_args()
     originals = read_original(args.results / "original.csv")
     lines = [
@@ -101,6 +103,8 @@ def main() -> None:
         "folder. Original: the published figures (an Apple M1 GPU). Differences are ours minus the original's.",
         "The original's last evaluation comes after 4999 updates, ours after 5000.",
         "",
+        *([f"Machine: {args.machine}.", ""] if args.machine else []),
+        *([f"Command: `{args.command}`", ""] if args.command else []),
         "| row | step | original train / val | here train / val | difference train / val |",
         "|---|---:|---:|---:|---:|",
     ]
