@@ -14,6 +14,7 @@ from shakegpt.errors import ShakeGPTError
 from shakegpt.hardware import pick_device
 from shakegpt.model import KVCacheMode
 from shakegpt.module import GPTModule
+from shakegpt.rundir import BEST_CHECKPOINT
 
 # An absolute path, so the entry point also works when launchers import it as a module.
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
@@ -21,7 +22,7 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 def load_module(ckpt_path: str, device: str = "cpu") -> GPTModule:
     """Rebuild the model and its vocabulary from a checkpoint alone (a run folder means its best one)."""
-    path = resolve_checkpoint(ckpt_path, "best.ckpt")
+    path = resolve_checkpoint(ckpt_path, BEST_CHECKPOINT)
     checkpoint = read_checkpoint(path, device)
     hparams = checkpoint["hyper_parameters"]
     module = GPTModule(hparams["model_config"], hparams["vocab"])

@@ -23,7 +23,13 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from shakegpt.checkpoint import read_checkpoint, resolve_checkpoint
 from shakegpt.errors import Interrupted, ShakeGPTError
-from shakegpt.rundir import last_checkpoint, remove_stale_temp_files, write_atomically
+from shakegpt.rundir import (
+    BEST_CHECKPOINT,
+    LAST_CHECKPOINT,
+    last_checkpoint,
+    remove_stale_temp_files,
+    write_atomically,
+)
 
 # The section of a checkpoint that says how to continue it.
 RESUME_KEY = "shakegpt_resume"
@@ -142,7 +148,7 @@ class RunCheckpoints(L.Callback):
         step = trainer.global_step
         pending, stop = is_eval_step(trainer, step), self._stop_requested(trainer)
         if pending or stop:
-            self._save(trainer, pl_module, self.dirpath / "last.ckpt", eval_pending=pending)
+            self._save(trainer, pl_module, self.dirpath / LAST_CHECKPOINT, eval_pending=pending)
         if stop:
             raise Interrupted(self.stop_signal or signal.SIGTERM, step)
 
@@ -154,7 +160,7 @@ class RunCheckpoints(L.Callback):
         val_loss = pl_module.eval_losses["val"]
         if val_loss < self.best_val_loss:
             self.best_val_loss, self.best_step = val_loss, trainer.global_step
-            self._save(trainer, pl_module, self.dirpath / "best.ckpt", eval_pending=False)
+            self._save(trainer, pl_module, self.dirpath / BEST_CHECKPOINT, eval_pending=False)
 
 
 @dataclass(frozen=True)
@@ -176,7 +182,7 @@ class StartPoint:
 def start_point(output_dir: Path, ckpt_path: str | None, resume: bool, settings: dict[str, Any]) -> StartPoint:
     """From ckpt_path (a .ckpt file, or a run folder's last checkpoint), else with resume=true from the run
     folder's own last checkpoint, else from scratch. Refuses a checkpoint that cannot continue with settings."""
-    path = resolve_checkpoint(ckpt_path, "last.ckpt") if ckpt_path else None
+    path = resolve_checkpoint(ckpt_path, LAST_CHECKPOINT) if ckpt_path else None
     if path is None and resume and last_checkpoint(output_dir).is_file():
         path = last_checkpoint(output_dir)
     if path is None:

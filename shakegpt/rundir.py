@@ -44,10 +44,6 @@ def last_checkpoint(folder: Path) -> Path:
     return folder / CHECKPOINTS / LAST_CHECKPOINT
 
 
-def best_checkpoint(folder: Path) -> Path:
-    return folder / CHECKPOINTS / BEST_CHECKPOINT
-
-
 def write_atomically(path: Path, data: bytes) -> None:
     """Replace path with data so that a reader, a crash or a full disk never leaves half a file: a temporary
     file in the same folder, flushed to disk, then renamed over path. On failure path is as it was."""
@@ -179,10 +175,3 @@ class RunLock:
         if self._file is not None:
             self._file.close()  # closing drops the lock; the file stays, harmlessly
             self._file = None
-
-    def __enter__(self) -> RunLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
