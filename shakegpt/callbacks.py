@@ -42,17 +42,14 @@ class EvalReport(L.Callback):
 
     def __init__(self, metrics_path: str) -> None:
         self.metrics_path = Path(metrics_path)
-        self.best_val_loss = math.inf
-        self.best_step = -1
         self._rows: list[EvalRow] = []
         self._batch_loss: tuple[int, float] | None = None  # the latest logged: (step, loss)
         self._start = time.monotonic()
 
     def state_dict(self) -> dict[str, object]:
-        return {"best_val_loss": self.best_val_loss, "best_step": self.best_step, "batch_loss": self._batch_loss}
+        return {"batch_loss": self._batch_loss}
 
     def load_state_dict(self, state_dict: dict[str, object]) -> None:
-        self.best_val_loss, self.best_step = state_dict["best_val_loss"], int(state_dict["best_step"])
         self._batch_loss = state_dict.get("batch_loss")
 
     @rank_zero_only
@@ -85,8 +82,6 @@ class EvalReport(L.Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: GPTModule) -> None:
         step = trainer.global_step
         train_loss, val_loss = pl_module.eval_losses["train"], pl_module.eval_losses["val"]
-        if val_loss < self.best_val_loss:
-            self.best_val_loss, self.best_step = val_loss, step
         line = f"step {step}: train loss {train_loss:.4f}, val loss {val_loss:.4f}"
         # Through the progress bar when one is shown, so the line does not break it.
         bar = trainer.progress_bar_callback
@@ -94,7 +89,10 @@ class EvalReport(L.Callback):
             bar.print(line)
         else:
             print(line, flush=True)
-        metrics = {"train/loss": train_loss, "val/loss": val_loss, BEST_VAL_METRIC: self.best_val_loss}
+        # The checkpoint callback keeps the run's best and takes this evaluation in after this callback (which must
+        # come first: it logs the batch loss before that one may stop the run).
+        best = min(best_val_loss(trainer) or math.inf, val_loss)
+        metrics = {"train/loss": train_loss, "val/loss": val_loss, BEST_VAL_METRIC: best}
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
         # Last, and whole: a row in metrics.csv means everything of this evaluation was written.
