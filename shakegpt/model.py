@@ -7,7 +7,6 @@ only: on the attention weights, after the attention projection, and after the ML
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -15,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from shakegpt.cpu_kernels import causal_attention_with_dropout, dropout
 from shakegpt.errors import ShakeGPTError
 
 KVCacheMode = Literal["exact", "fast", "off"]
@@ -44,26 +44,25 @@ class GPTConfig:
             raise ShakeGPTError(f"model.dropout must be in [0, 1), got {self.dropout!r}")
 
 
-def masked_softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> torch.Tensor:
-    """Attention written out: scores, causal mask, softmax, dropout, weighted sum."""
-    scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))
-    if q.size(-2) > 1:
-        t = q.size(-2)
-        future = torch.ones(t, t, dtype=torch.bool, device=q.device).triu(1)
-        scores = scores.masked_fill(future, float("-inf"))
-    return F.dropout(scores.softmax(dim=-1), dropout_p) @ v
-
-
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> torch.Tensor:
     """Causal attention over (batch, head, time, channel) tensors, by the fastest path for the device.
 
-    On CPU, scaled_dot_product_attention with dropout falls back to a kernel slower than the plain masked
-    softmax (scripts/bench.py), so that case takes the masked softmax; everything else takes SDPA.
-    A single query (a KV-cache step) attends to every cached key, so it needs no mask.
+    On CPU, scaled_dot_product_attention with dropout falls back to a slow kernel, so training there takes
+    shakegpt.cpu_kernels' attention; everything else takes SDPA. A single query (a KV-cache step) attends to
+    every cached key, so it needs no mask.
     """
     if dropout_p > 0.0 and q.device.type == "cpu":
-        return masked_softmax_attention(q, k, v, dropout_p)
+        return causal_attention_with_dropout(q, k, v, dropout_p)
     return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=q.size(-2) > 1)
+
+
+class Dropout(nn.Dropout):
+    """nn.Dropout, drawing its mask with shakegpt.cpu_kernels on the CPU, where PyTorch's is slow."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and self.p > 0.0 and x.device.type == "cpu":
+            return dropout(x, self.p)
+        return super().forward(x)
 
 
 class LayerCache:
@@ -93,7 +92,7 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
         self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=False)
         self.proj = nn.Linear(config.n_embd, config.n_embd)
-        self.resid_dropout = nn.Dropout(config.dropout)
+        self.resid_dropout = Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
         b, t, c = x.shape
@@ -114,7 +113,7 @@ class Block(nn.Module):
             nn.Linear(config.n_embd, 4 * config.n_embd),
             nn.ReLU(),
             nn.Linear(4 * config.n_embd, config.n_embd),
-            nn.Dropout(config.dropout),
+            Dropout(config.dropout),
         )
 
     def forward(self, x: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:

@@ -7,8 +7,9 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
+from shakegpt import cpu_kernels
 from shakegpt.errors import ShakeGPTError
-from shakegpt.model import GPT, GPTConfig, masked_softmax_attention
+from shakegpt.model import GPT, GPTConfig
 
 
 @pytest.mark.parametrize(("n_layer", "expected"), [(1, 1_922_369), (2, 3_695_681), (6, 10_788_929), (12, 21_428_801)])
@@ -51,14 +52,40 @@ def test_impossible_configs_are_rejected(overrides, message):
         GPTConfig(**{"n_layer": 2, "n_head": 2, "n_embd": 32, **overrides})
 
 
-def test_masked_softmax_matches_sdpa_without_dropout():
-    q, k, v = torch.randn(3, 2, 4, 10, 8).unbind(0)
+def test_cpu_attention_with_dropout_is_sdpa_where_nothing_is_dropped():
+    q, k, v = (t.requires_grad_() for t in torch.randn(3, 2, 4, 10, 8, dtype=torch.float64).unbind(0))
+    # p = 1e-12 drops nothing (32-bit thresholds) and scales by 1: the same function as SDPA, gradients too.
+    ours = cpu_kernels.causal_attention_with_dropout(q, k, v, 1e-12)
     expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
-    torch.testing.assert_close(masked_softmax_attention(q, k, v, 0.0), expected)
+    torch.testing.assert_close(ours, expected)
+    grads, expected_grads = (torch.autograd.grad(out.sum(), (q, k, v)) for out in (ours, expected))
+    for grad, expected_grad in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(grad, expected_grad)
+
+
+def test_cpu_attention_gradients_with_dropout_are_exact(monkeypatch):
+    """The backward pass (recomputing the dropped probabilities, chunk by chunk) against finite differences."""
+    monkeypatch.setattr(cpu_kernels, "CHUNK_SCORES", 2 * 3 * 6 * 6)  # two sequences per chunk, three chunks
+    q, k, v = (t.requires_grad_() for t in torch.randn(3, 5, 3, 6, 4, dtype=torch.float64).unbind(0))
+
+    def attention(q, k, v):
+        torch.manual_seed(0)  # the same drop mask at every evaluation
+        return cpu_kernels.causal_attention_with_dropout(q, k, v, 0.3)
+
+    assert torch.autograd.gradcheck(attention, (q, k, v))
+
+
+def test_keep_mask_drops_with_probability_p_from_the_global_generator():
+    torch.manual_seed(0)
+    keep = cpu_kernels.keep_mask((4, 1000, 1000), 0.2, torch.bfloat16, torch.device("cpu"))
+    assert keep.dtype == torch.bfloat16 and set(keep.unique().tolist()) == {0.0, 1.0}
+    assert abs(keep.float().mean().item() - 0.8) < 5 * math.sqrt(0.2 * 0.8 / keep.numel())  # 5 sigma
+    torch.manual_seed(0)
+    assert torch.equal(keep, cpu_kernels.keep_mask((4, 1000, 1000), 0.2, torch.bfloat16, torch.device("cpu")))
 
 
 def test_training_forward_on_cpu_with_dropout_is_causal():
-    """The CPU dropout path (masked softmax) must not let a position see later tokens."""
+    """The CPU dropout path (shakegpt.cpu_kernels) must not let a position see later tokens."""
     model = tiny(dropout=0.1).train()
     idx = torch.randint(65, (1, 16))
     changed = idx.clone()
@@ -153,9 +180,15 @@ def classic_and_ours(n_layer: int = 2, n_head: int = 4, dropout: float = 0.2):
     return classic, ours
 
 
-class DropoutAsScaling(TorchFunctionMode):
-    """Replaces every dropout call by a fixed scaling, so two models in training mode compute a deterministic
-    function that still depends on where each applies dropout; also counts the calls."""
+def fixed_pattern(shape) -> torch.Tensor:
+    """1 or 0 by position in the last two dimensions: the same pattern for a head's (time, time) attention
+    weights in the classic model as for ours, and for the (time, channel) outputs of both."""
+    rows, columns = torch.arange(shape[-2])[:, None], torch.arange(shape[-1])
+    return ((rows + 2 * columns) % 5 != 0).float().expand(shape)
+
+
+class FixedClassicDropout(TorchFunctionMode):
+    """The classic model's dropout calls with fixed_pattern as the mask; counts the calls."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -165,8 +198,21 @@ class DropoutAsScaling(TorchFunctionMode):
         kwargs = kwargs or {}
         if func is torch.nn.functional.dropout:
             self.calls += 1
-            return args[0] * 0.5
+            x, p = args[0], kwargs.get("p", args[1] if len(args) > 1 else 0.5)
+            return x * fixed_pattern(x.shape).to(x.dtype) / (1 - p)
         return func(*args, **kwargs)
+
+
+def fix_our_dropout(monkeypatch) -> list[tuple[int, ...]]:
+    """Our CPU dropout (shakegpt.cpu_kernels) with fixed_pattern as the mask; returns the masks' shapes."""
+    shapes = []
+
+    def fixed_keep_mask(shape, p, dtype, device):
+        shapes.append(tuple(shape))
+        return fixed_pattern(shape).to(dtype=dtype, device=device).contiguous()
+
+    monkeypatch.setattr(cpu_kernels, "keep_mask", fixed_keep_mask)
+    return shapes
 
 
 def test_our_gpt_computes_the_classic_function_in_eval_mode():
@@ -176,15 +222,43 @@ def test_our_gpt_computes_the_classic_function_in_eval_mode():
         torch.testing.assert_close(ours.eval()(idx)[0], classic.eval()(idx)[0], rtol=1e-5, atol=1e-5)
 
 
+def loss_and_gradients(model, idx, precision: str):
+    """The training loss and the gradients of the first block's MLP and the head, in training mode."""
+    model.train().zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
+        logits = model(idx)[0]
+    loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), idx.roll(-1, 1).flatten())
+    loss.backward()
+    first_mlp = model.blocks[0].ffwd[0] if hasattr(model.blocks[0], "ffwd") else model.blocks[0].mlp[0]
+    return loss.detach(), [first_mlp.weight.grad, model.lm_head.weight.grad]
+
+
 @pytest.mark.parametrize(("n_layer", "n_head"), [(1, 1), (2, 4)])
-def test_dropout_sits_where_the_classic_model_has_it(n_layer, n_head):
-    """Attention weights, after the attention projection, after the MLP; none on the embeddings."""
+def test_dropout_sits_where_the_classic_model_has_it(n_layer, n_head, monkeypatch):
+    """Attention weights, after the attention projection, after the MLP; none on the embeddings: with the
+    same fixed masks, our training step (forward and backward) computes the classic one's, in fp32."""
     classic, ours = classic_and_ours(n_layer, n_head)
     idx = torch.randint(65, (3, 16), generator=torch.Generator().manual_seed(1))
-    with torch.no_grad(), DropoutAsScaling() as classic_dropout:
-        expected = classic.train()(idx)[0]
-    with torch.no_grad(), DropoutAsScaling() as our_dropout:
-        actual = ours.train()(idx)[0]
+    with FixedClassicDropout() as classic_dropout:
+        expected_loss, expected_grads = loss_and_gradients(classic, idx, "32-true")
+    ours_masks = fix_our_dropout(monkeypatch)
+    loss, grads = loss_and_gradients(ours, idx, "32-true")
     assert classic_dropout.calls == n_layer * (n_head + 2)  # one per head's attention weights, then two
-    assert our_dropout.calls > 0  # ours went through dropout at all (all heads at once, so fewer calls)
-    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
+    assert ours_masks == [(3, n_head, 16, 16), (3, 16, 32), (3, 16, 32)] * n_layer  # all heads at once
+    torch.testing.assert_close(loss, expected_loss, rtol=1e-5, atol=1e-5)
+    for grad, expected in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(grad, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_the_fast_path_trains_like_the_plain_fp32_path(monkeypatch):
+    """hardware=cpu's path (bf16-mixed autocast, shakegpt.cpu_kernels) against the classic model in fp32, with
+    the same fixed masks: the loss within 0.1%, each gradient within 3% of its norm (bf16 keeps 8 bits)."""
+    classic, ours = classic_and_ours(2, 4, dropout=0.2)
+    idx = torch.randint(65, (3, 16), generator=torch.Generator().manual_seed(1))
+    with FixedClassicDropout():
+        expected_loss, expected_grads = loss_and_gradients(classic, idx, "32-true")
+    fix_our_dropout(monkeypatch)
+    loss, grads = loss_and_gradients(ours, idx, "bf16-mixed")
+    assert abs(loss - expected_loss) < 1e-3 * expected_loss
+    for grad, expected in zip(grads, expected_grads, strict=True):
+        assert (grad - expected).norm() < 0.03 * expected.norm()
