@@ -158,7 +158,7 @@ def lightning_overrides(steps: int, eval_batches: int) -> list[str]:
     return [
         f"trainer.max_steps={steps + 1}",
         f"trainer.val_check_interval={10 * (steps + 1)}",
-        f"trainer.limit_val_batches={eval_batches}",
+        f"trainer.limit_val_batches={max(1, eval_batches)}",
         "trainer.num_sanity_val_steps=0",
         "callbacks.progress_bar.refresh_rate=1",
     ]

@@ -179,6 +179,7 @@ class RunRecord(L.Callback):
             self.path,
             label=self.label,
             status="running",
+            error=None,  # a resumed run's earlier interruption is over
             started=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             n_layer=config.n_layer,
             n_head=config.n_head,

@@ -94,11 +94,13 @@ def assert_same_outcome(folder: Path, expected: dict[str, object]) -> None:
 
 def outcome(folder: Path) -> dict[str, object]:
     """Everything a run's numbers show, clock times aside."""
+    record = json.loads((folder / "run.json").read_text())
     return {
         "metrics": [(row.step, row.train_loss, row.val_loss) for row in read_metrics(folder / "metrics.csv")],
         "scalars": scalars(folder),
         "samples": {path.name: path.read_text() for path in sorted((folder / "samples").iterdir())},
-        "status": json.loads((folder / "run.json").read_text())["status"],
+        "status": record["status"],
+        "error": record.get("error"),  # none left over from an interruption
     }
 
 
