@@ -8,6 +8,7 @@ Contenders, at the classic config (batch 64, block 256, n_embd 384, dropout 0.2,
   reference  the classic single-file script's model (scripts/classic_gpt.py): one module per head, masked
              softmax, fp32, a plain loop;
   model      our GPT in a plain loop with the chosen hardware config's settings (precision, attention path);
+  model_fp32 the same in fp32, where the hardware config trains in a mixed precision (is it worth it here?);
   lightning  the real path: our LightningModule, DataModule and Trainer, built as `python -m shakegpt.train`
              builds them (progress bar, logger and callbacks included).
 Contenders alternate round by round; the table gives medians and the median of paired ratios.
@@ -325,6 +326,11 @@ def main() -> None:
                 "lightning": partial(time_lightning_eval, args.hardware, n_layer, max(1, args.eval_batches // 2)),
             },
         }
+        if hw.precision != "32-true":  # is the mixed precision worth it on this machine?
+            kinds["train"]["model_fp32"] = partial(
+                time_plain_training, ours, device, "32-true", hw.fused_optimizer, args.steps
+            )
+            kinds["eval"]["model_fp32"] = partial(time_plain_eval, ours, device, "32-true", args.eval_batches)
         for kind, contenders in kinds.items():
             if kind in args.skip:
                 continue
@@ -337,7 +343,7 @@ def main() -> None:
                     free()
             flops = train_flops if kind == "train" else train_flops / 3
             for name, (tokens_per_s, ratio) in paired(samples, "reference").items():
-                peak = peaks.get("fp32") if name == "reference" else ours_peak
+                peak = peaks.get("fp32") if name in ("reference", "model_fp32") else ours_peak
                 emit(
                     {
                         "kind": kind,

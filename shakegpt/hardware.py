@@ -2,19 +2,42 @@
 
 from __future__ import annotations
 
+import functools
+import math
+import time
+
 import torch
 
 from shakegpt.errors import ShakeGPTError
 
+# bf16-mixed pays for its casts only where bf16 matmuls are well ahead of fp32 ones (docs/performance.md).
+BF16_SPEEDUP_NEEDED = 1.5
 
+
+@functools.cache
 def cpu_precision() -> str:
-    """bf16-mixed where the CPU computes bf16 natively (AVX-512 BF16 or AMX): 2-3x faster training steps
-    there (scripts/bench.py); elsewhere bf16 is emulated and slower than fp32, so 32-true."""
+    """bf16-mixed where this CPU multiplies bf16 matrices at least BF16_SPEEDUP_NEEDED times as fast as fp32
+    ones, else 32-true. The CPU's flags are not enough: one with AVX-512 BF16 measured 2.1x (bf16 trains
+    faster there), another 0.55x (fp32 trains 1.4x faster there). Measured once per process, in about 0.1 s."""
     try:
-        native_bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            return "32-true"  # emulated bf16: slower than fp32 everywhere
     except (AttributeError, RuntimeError):
-        native_bf16 = False
-    return "bf16-mixed" if native_bf16 else "32-true"
+        return "32-true"
+    speed = {dtype: matmul_gflops(dtype) for dtype in (torch.float32, torch.bfloat16)}
+    return "bf16-mixed" if speed[torch.bfloat16] >= BF16_SPEEDUP_NEEDED * speed[torch.float32] else "32-true"
+
+
+def matmul_gflops(dtype: torch.dtype, size: int = 512, repeats: int = 5) -> float:
+    """The best of a few size x size matrix products on the CPU, in GFLOP/s."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a @ b
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
 
 
 def check_accelerator(accelerator: str, setting: str = "hardware") -> None:
