@@ -14,6 +14,7 @@ import csv
 import logging
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,11 @@ def is_run(folder: Path) -> bool:
     return (folder / RUN_RECORD).is_file() or (folder / METRICS).is_file() or (folder / ".hydra").is_dir()
 
 
+def natural_order(folder: Path) -> list[str | int]:
+    """Sorts model.n_layer=2 before model.n_layer=12: numbers in the path compare as numbers."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(folder))]
+
+
 def find_runs(folders: list[Path]) -> list[Path]:
     """The run folders at or below the given folders, in order."""
     runs: list[Path] = []
@@ -64,7 +70,7 @@ def find_runs(folders: list[Path]) -> list[Path]:
         if is_run(folder):
             runs.append(folder)
         else:
-            runs.extend(sorted(path.parent for path in folder.rglob(".hydra") if path.is_dir()))
+            runs.extend(sorted((path.parent for path in folder.rglob(".hydra") if path.is_dir()), key=natural_order))
     if not runs:
         raise ShakeGPTError(
             f"no runs in {', '.join(map(str, folders))}: a run folder holds .hydra/, run.json or metrics.csv "

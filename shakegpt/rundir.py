@@ -34,6 +34,8 @@ CHECKPOINTS = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
 BEST_CHECKPOINT = "best.ckpt"
 LOCK = "run.lock"
+# The settings that took effect, every interpolation resolved (beside what Hydra writes in .hydra/).
+SETTINGS = "config.yaml"
 METRICS_HEADER = ("step", "train_loss", "val_loss", "elapsed_s")
 
 _UMASK = os.umask(0)
@@ -131,6 +133,15 @@ def write_metrics(path: Path, rows: list[EvalRow]) -> None:
     for row in rows:
         writer.writerow([row.step, f"{row.train_loss:.6f}", f"{row.val_loss:.6f}", f"{row.elapsed_s:.2f}"])
     write_atomically(path, out.getvalue().encode())
+
+
+def drop_evaluations_from(path: Path, step: int) -> None:
+    """An interrupted run may have recorded evaluations its checkpoint does not hold; the resumed run records
+    them again."""
+    rows = read_metrics(path)
+    kept = [row for row in rows if row.step < step]
+    if len(kept) != len(rows):
+        write_metrics(path, kept)
 
 
 class FolderInUse(Exception):

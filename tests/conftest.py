@@ -11,8 +11,9 @@ from shakegpt.data import TINYSHAKESPEARE
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
-# Tests and CI read the datasets from ../shared/data unless DATA_DIR says otherwise.
-os.environ.setdefault("DATA_DIR", str(SHARED_DATA))
+# The datasets: DATA_DIR when set; else ../shared/data, where CI keeps them; else ./data, where the README's
+# first command downloaded tinyshakespeare (and where the MNIST corner downloads MNIST).
+os.environ.setdefault("DATA_DIR", str(SHARED_DATA if SHARED_DATA.is_dir() else ROOT / "data"))
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 # A model and run small enough for seconds on a CPU, through the real entry point.
@@ -42,12 +43,12 @@ def shakespeare_path() -> Path:
 
 @pytest.fixture(scope="session")
 def sweep(tmp_path_factory):
-    """A real two-size sweep plus a job that cannot run (n_embd 32 is not divisible by 3 heads).
+    """A real two-size sweep plus a job that cannot run (n_embd 48 is not divisible by 5 heads).
 
     Returns (sweep folder, completed process)."""
     tmp = tmp_path_factory.mktemp("sweep")
     folder = tmp / "sweep"
-    proc = run_module("shakegpt.train", "-m", *TINY, "model.n_layer=1,2,3", f"hydra.sweep.dir={folder}", cwd=tmp)
+    proc = run_module("shakegpt.train", "-m", *TINY, "model.n_layer=1,2,5", f"hydra.sweep.dir={folder}", cwd=tmp)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return folder, proc
 

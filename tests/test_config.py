@@ -1,8 +1,11 @@
 """The composed configuration: defaults, presets and hardware groups, through Hydra's compose API."""
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 
+from shakegpt import hardware, launch  # noqa: F401  (launch registers the resolvers conf/ uses)
 from shakegpt.errors import ShakeGPTError
 from shakegpt.hardware import check_accelerator, cpu_precision
 from shakegpt.model import GPT, GPTConfig
@@ -52,6 +55,13 @@ def test_quick_preset_is_small():
     assert cfg.model.n_embd < 384 and cfg.trainer.max_steps <= 2000
 
 
+@pytest.mark.parametrize("preset", ["smoke", "quick"])
+@pytest.mark.parametrize("n_layer", [1, 2, 6, 12])
+def test_the_cheap_presets_compose_with_the_tables_sweep(preset, n_layer):
+    cfg = composed(f"experiment={preset}", f"model.n_layer={n_layer}")
+    assert GPT(GPTConfig(vocab_size=65, **cfg.model)).config.n_head == n_layer
+
+
 @pytest.mark.parametrize(
     ("hardware", "accelerator", "precision"),
     [
@@ -67,7 +77,32 @@ def test_hardware_presets(hardware, accelerator, precision):
     assert "bf16" not in composed("hardware=mps").trainer.precision
 
 
+@pytest.mark.parametrize(("bf16_speed", "precision"), [(140.0, "32-true"), (160.0, "bf16-mixed"), (55.0, "32-true")])
+def test_cpu_precision_follows_the_measured_matmul_speeds(monkeypatch, bf16_speed, precision):
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        pytest.skip("this CPU has no native bf16: always 32-true")
+    speeds = {torch.float32: 100.0, torch.bfloat16: bf16_speed}
+    monkeypatch.setattr(hardware, "matmul_gflops", lambda dtype: speeds[dtype])
+    hardware.cpu_precision.cache_clear()
+    try:
+        assert hardware.cpu_precision() == precision
+    finally:
+        hardware.cpu_precision.cache_clear()
+
+
 def test_asking_for_missing_hardware_fails_before_any_work():
     with pytest.raises(ShakeGPTError, match="hardware=mps"):
         check_accelerator("mps")
     check_accelerator("cpu")
+
+
+def test_lightnings_common_flags_need_no_plus(tmp_path):
+    cfg = composed("trainer.gradient_clip_val=1.0", "trainer.profiler=simple", "trainer.max_epochs=3")
+    trainer = instantiate(
+        cfg.trainer, accelerator="cpu", precision="32-true", default_root_dir=str(tmp_path), logger=False
+    )
+    assert (trainer.gradient_clip_val, trainer.max_epochs, type(trainer.profiler).__name__) == (
+        1.0,
+        3,
+        "SimpleProfiler",
+    )

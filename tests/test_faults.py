@@ -25,8 +25,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from shakegpt.errors import ShakeGPTError
 from shakegpt.generate import check_options
 from shakegpt.hardware import pick_device
+from shakegpt.launch import hydra_value
 from shakegpt.rundir import read_metrics
-from shakegpt.train import check_settings, hydra_value
+from shakegpt.train import check_settings
 
 from .conftest import ROOT, TINY, run_module
 
@@ -246,7 +247,7 @@ def test_checkpoint_writes_leave_no_temp_files_and_stale_ones_are_cleaned(tmp_pa
         ("optimizer.lr=-1", "optimizer.lr must be a positive number"),
         ("optimizer.lr=nan", "optimizer.lr must be a positive number"),
         ("data.batch_size=0", "data.batch_size must be a positive whole number"),
-        ("+trainer.accumulate_grad_batches=2", "accumulate_grad_batches is not supported"),
+        ("trainer.accumulate_grad_batches=2", "accumulate_grad_batches is not supported"),
     ],
 )
 def test_bad_training_values_are_refused(override, message):
@@ -316,12 +317,12 @@ def test_sampling_on_a_device_the_machine_lacks_says_so(run, tmp_path, device):
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A 600 KB filesystem: room for the first checkpoints of a tiny run, not for the later ones."""
+    """A 1.2 MB filesystem: room for the first checkpoints of a tiny run, not for the later ones."""
     mount = tmp_path / "small"
     mount.mkdir()
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root")
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mount)], capture_output=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1200k", "tmpfs", str(mount)], capture_output=True)
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
     yield mount

@@ -1,6 +1,7 @@
 """Scaling out: DDP (also inside a sweep), launchers, Optuna, resumed sweeps, checkpoints that are not ours."""
 
 import json
+import math
 import re
 import subprocess
 from dataclasses import asdict
@@ -8,6 +9,7 @@ from dataclasses import asdict
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from shakegpt.checkpoint import check_resumable, resolve_checkpoint
 from shakegpt.errors import ShakeGPTError
@@ -51,13 +53,13 @@ def test_ddp_inside_a_multirun_runs_each_job_once_in_its_own_folder(tmp_path):
 def test_resume_skips_the_finished_jobs_of_a_sweep(sweep):
     folder, _ = sweep
     before = {
-        name: (folder / name / "metrics.csv").read_text() for name in job_records(folder) if "n_layer=3" not in name
+        name: (folder / name / "metrics.csv").read_text() for name in job_records(folder) if "n_layer=5" not in name
     }
     proc = run_module(
         "shakegpt.train",
         "-m",
         *TINY,
-        "model.n_layer=1,2,3",
+        "model.n_layer=1,2,5",
         f"hydra.sweep.dir={folder}",
         "resume=true",
         cwd=folder.parent,
@@ -65,22 +67,22 @@ def test_resume_skips_the_finished_jobs_of_a_sweep(sweep):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(re.findall(r"finished already; skipped", proc.stdout + proc.stderr)) == 2
     assert {name: (folder / name / "metrics.csv").read_text() for name in before} == before
-    assert sorted(job_records(folder)) == sorted([*before, f"{LABEL},model.n_layer=3"])  # no new folders
+    assert sorted(job_records(folder)) == sorted([*before, f"{LABEL},model.n_layer=5"])  # no new folders
 
 
 def test_optuna_search_records_failed_and_diverged_trials_and_goes_on(tmp_path):
     sweep = tmp_path / "search"
     proc = run_module(
-        "shakegpt.train", "hparams_search=optuna", *TINY, "hydra.sweeper.n_trials=4", "model.n_layer=choice(1,3)",
+        "shakegpt.train", "hparams_search=optuna", *TINY, "hydra.sweeper.n_trials=4", "model.n_layer=choice(1,5)",
         "optimizer.lr=choice(3e-4,1e6)", f"hydra.sweep.dir={sweep}", cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     statuses = [record["status"] for record in job_records(sweep).values()]
     assert len(statuses) == 4 and "finished" in statuses and "failed" in statuses
-    errors = " ".join(record.get("error", "") for record in job_records(sweep).values())
+    errors = " ".join(record.get("error") or "" for record in job_records(sweep).values())
     assert "diverged" in errors or "not divisible" in errors
-    results = (sweep / "optimization_results.yaml").read_text()
-    assert "best_value: 3.9" in results
+    best = OmegaConf.load(sweep / "optimization_results.yaml").best_value
+    assert 3.0 < best < math.log(65)  # a finished trial's val loss, below guessing uniformly
 
 
 @pytest.mark.parametrize("launcher", ["submitit_local", "joblib"])

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
 from shakegpt.generate import load_module
 
@@ -32,7 +34,7 @@ def events(folder: Path) -> EventAccumulator:
 
 def test_prints_parameters_and_classic_loss_lines(run):
     _, proc = run
-    assert "0.017921 M parameters" in proc.stdout
+    assert "0.036065 M parameters" in proc.stdout
     lines = eval_lines(proc.stdout)
     assert [step for step, _, _ in lines] == [0, 10, 20]
     assert abs(lines[0][1] - math.log(65)) < 0.1
@@ -51,6 +53,19 @@ def test_tensorboard_has_both_losses_the_hparams_and_text_samples(run):
     assert len(acc.Tensors("samples/final/text_summary")) == 1
 
 
+def test_the_settings_recorded_are_those_that_took_effect(run):
+    folder, _ = run
+    settings = OmegaConf.load(folder / "config.yaml")
+    assert "${" not in (folder / "config.yaml").read_text()
+    record = json.loads((folder / "run.json").read_text())
+    assert (settings.trainer.precision, settings.model.n_embd) == (record["precision"], 48)
+    hparams = HParamsPluginData.FromString(
+        events(folder).summary_metadata["_hparams_/session_start_info"].plugin_data.content
+    ).session_start_info.hparams
+    assert hparams["trainer.precision"].string_value == record["precision"]
+    assert "hardware.precision" not in hparams and "hardware.matmul_precision" in hparams
+
+
 def test_writes_checkpoints_metrics_and_samples_in_the_run_folder(run):
     folder, _ = run
     assert (folder / "checkpoints" / "best.ckpt").is_file() and (folder / "checkpoints" / "last.ckpt").is_file()
@@ -66,7 +81,7 @@ def test_checkpoint_alone_rebuilds_the_model(run):
     checkpoint = torch.load(folder / "checkpoints" / "best.ckpt", weights_only=True)
     assert len(checkpoint["hyper_parameters"]["vocab"]) == 65
     module = load_module(str(folder))
-    assert module.model.config.n_embd == 32
+    assert module.model.config.n_embd == 48
     text = module.sample("ROMEO:", 50, seed=7)
     assert text.startswith("ROMEO:") and len(text) == 56
     assert module.sample("ROMEO:", 50, seed=7) == text
@@ -107,7 +122,7 @@ def test_resume_continues_from_the_last_checkpoint(run, tmp_path):
 def test_sweep_gives_one_folder_per_job_named_by_its_overrides(sweep):
     folder, proc = sweep
     jobs = sorted(path.name for path in folder.iterdir() if path.is_dir())
-    assert jobs == [f"{LABEL},model.n_layer={n}" for n in (1, 2, 3)]
+    assert jobs == [f"{LABEL},model.n_layer={n}" for n in (1, 2, 5)]
     for n_layer in (1, 2):
         job = folder / f"{LABEL},model.n_layer={n_layer}"
         checkpoint = torch.load(job / "checkpoints" / "last.ckpt", weights_only=True)
@@ -119,7 +134,7 @@ def test_sweep_gives_one_folder_per_job_named_by_its_overrides(sweep):
 
 def test_a_failed_sweep_job_is_recorded_and_the_others_go_on(sweep):
     folder, proc = sweep
-    record = json.loads((folder / f"{LABEL},model.n_layer=3" / "run.json").read_text())
+    record = json.loads((folder / f"{LABEL},model.n_layer=5" / "run.json").read_text())
     assert record["status"] == "failed"
     assert "not divisible" in record["error"]
     assert "1 job(s) did not finish" in proc.stderr + proc.stdout

@@ -1,0 +1,189 @@
+"""The plumbing between Hydra, Lightning's DDP launcher and a training job, kept out of the pipeline in
+shakegpt.train. Each piece is here because one of those tools, left alone, does the wrong thing for us:
+
+- the `pid` and `cpu_precision` resolvers that conf/ uses (run folder names, hardware=cpu's precision);
+- `OutputDirCheck`: Hydra shows a traceback when it cannot create the run folder;
+- `launchable_job`: Lightning's DDP launcher re-runs the whole command line, which in a multirun is the sweep;
+- `run_job`: the run folder's lock, and what a failure or an interruption does to a run and to a sweep;
+- `save_run_config`: Hydra would write .hydra/ before we know the run may use the folder;
+- `wait_for_ranks`: ranks that outlive their job would hold its folder and the machine's cores.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shlex
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf, read_write
+
+from shakegpt.errors import Interrupted, ShakeGPTError
+from shakegpt.hardware import cpu_precision
+from shakegpt.rundir import RUN_RECORD, SETTINGS, FolderInUse, RunLock, read_record, record_failure
+
+log = logging.getLogger(__name__)
+
+# Run folders are named by start time and process id, so two runs started in the same second never share one.
+OmegaConf.register_new_resolver("pid", os.getpid, replace=True)
+OmegaConf.register_new_resolver("cpu_precision", cpu_precision, replace=True)
+
+# What Lightning's subprocess launcher (DDP) puts in the environment for the ranks it starts.
+DDP_LAUNCHER_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+
+
+class OutputDirCheck(Callback):
+    """A Hydra callback: fail with a one-line message, before anything runs, when the run or sweep folder
+    cannot be created (Hydra itself would show a traceback)."""
+
+    @staticmethod
+    def _check(folder: str) -> None:
+        try:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise SystemExit(
+                f"error: cannot create the output folder {folder} ({err.strerror}); choose another with "
+                "hydra.run.dir=... (or hydra.sweep.dir=... for a sweep)"
+            ) from None
+
+    def on_run_start(self, config: DictConfig, **kwargs: object) -> None:
+        self._check(config.hydra.run.dir)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: object) -> None:
+        self._check(config.hydra.sweep.dir)
+
+
+@contextmanager
+def launchable_job() -> Iterator[None]:
+    """Lets Lightning's DDP launcher start this job's other ranks, inside a Hydra multirun too.
+
+    Lightning starts ranks 1..N-1 by running this program again with its command line plus
+    `hydra.run.dir=<the run dir>`. In a multirun that command line is the whole sweep and the run dir is not
+    the job's folder, so every rank would run every job, elsewhere. Here the command line becomes this job's
+    overrides and the run dir its folder. Afterwards the process group is destroyed and the variables the
+    launcher set are put back as they were: left set, LOCAL_RANK makes Lightning believe the next job's ranks
+    exist already, and it waits for them forever.
+    """
+    hydra_cfg = HydraConfig.get()
+    saved_argv = list(sys.argv)
+    saved_env = {name: os.environ.get(name) for name in DDP_LAUNCHER_VARIABLES}
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        sys.argv = [sys.argv[0], *hydra_cfg.overrides.task]
+        with read_write(hydra_cfg):
+            hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
+    try:
+        yield
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        sys.argv = saved_argv
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def wait_for_ranks(trainer: L.Trainer) -> None:
+    """Wait for the DDP ranks this process launched (Lightning keeps them in its launcher), so that none
+    outlives its job."""
+    for rank_process in getattr(trainer.strategy.launcher, "procs", []):
+        rank_process.wait()
+
+
+def hydra_value(value: object) -> str:
+    """value as a Hydra override accepts it: quoted when it holds characters Hydra's grammar reads (a sweep
+    job's folder name holds '=' and ',')."""
+    text = str(value)
+    return text if re.fullmatch(r"[\w./~+-]*", text) else "'" + text.replace("'", "\\'") + "'"
+
+
+def resume_command(output_dir: Path) -> str:
+    """The command that continues this run (or, in a sweep, the whole sweep) where it stopped."""
+    hydra_cfg = HydraConfig.get()
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    own = ("resume=", "ckpt_path=", "hydra.run.dir=", "hydra.sweep.dir=", "-m", "--multirun")
+    args = [arg for arg in hydra_cfg.overrides.task if not arg.startswith(own)]
+    if multirun:
+        folder = f"hydra.sweep.dir={hydra_value(hydra_cfg.sweep.dir)}"
+        args = ["-m", *(arg for arg in sys.argv[1:] if not arg.startswith(own))]
+    else:
+        folder = f"hydra.run.dir={hydra_value(output_dir)}"
+    return shlex.join(["python", "-m", "shakegpt.train", *args, folder, "resume=true"])
+
+
+def save_run_config(cfg: DictConfig, output_dir: Path) -> None:
+    """What Hydra would write into .hydra/ (it is told not to, see conf/hydra/default.yaml), and the settings
+    that took effect on this machine (hardware=cpu's precision, the paths) in the run folder's SETTINGS."""
+    hydra_cfg = HydraConfig.get()
+    folder = output_dir / ".hydra"
+    folder.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, output_dir / SETTINGS, resolve=True)
+    OmegaConf.save(cfg, folder / "config.yaml")
+    OmegaConf.save(OmegaConf.create({"hydra": hydra_cfg}), folder / "hydra.yaml")
+    OmegaConf.save(OmegaConf.create(list(hydra_cfg.overrides.task)), folder / "overrides.yaml")
+
+
+def run_job(cfg: DictConfig, job: Callable[[DictConfig], float]) -> float | None:
+    """Runs job(cfg) holding the run folder's lock; a failure is recorded in the run folder's run.json.
+
+    Alone, a bad input ends the program with a one-line message, and an interruption with one line saying how
+    to continue and the signal's exit status (130 for Ctrl-C, 143 for SIGTERM). In a sweep, a failed job is
+    logged and returns None, so the other jobs and the sweep report go on; the Optuna sweeper records None as a
+    failed trial (a NaN would make it crash instead). An interruption stops the whole sweep.
+    """
+    output_dir = Path(cfg.paths.output_dir)
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    # DDP ranks other than the first write nothing; the first holds the lock for them.
+    lock = RunLock(output_dir) if rank_zero_only.rank == 0 else None
+    # A run refused before it starts (a resume with other settings) leaves the folder's record as it was.
+    record_before = read_record(output_dir / RUN_RECORD)
+
+    def record(err: BaseException) -> None:
+        if not record_before or read_record(output_dir / RUN_RECORD) != record_before:
+            record_failure(output_dir / RUN_RECORD, err)
+
+    try:
+        if lock is not None:
+            lock.acquire()
+        with launchable_job():
+            return job(cfg)
+    except FolderInUse as err:
+        if multirun and cfg.resume:
+            log.warning("job %s skipped: %s", HydraConfig.get().job.override_dirname, err)
+            return None
+        raise SystemExit(f"error: {err}") from None
+    except Interrupted as err:
+        record(err)
+        print(f"{err}; continue with: {resume_command(output_dir)}", file=sys.stderr, flush=True)
+        raise SystemExit(err.exit_code) from None
+    except Exception as err:
+        record(err)
+        if multirun:
+            log.error(
+                "job %s failed: %s",
+                HydraConfig.get().job.override_dirname,
+                err,
+                exc_info=not isinstance(err, (ShakeGPTError, OSError)),
+            )
+            return None
+        if isinstance(err, ShakeGPTError):
+            raise SystemExit(f"error: {err}") from None
+        if isinstance(err, OSError):  # a full disk, a read-only folder: the earlier checkpoints are intact
+            raise SystemExit(
+                f"error: {err.strerror or err} ({err.filename or output_dir}); the earlier checkpoints are intact"
+            ) from None
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
