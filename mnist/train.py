@@ -28,11 +28,12 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm import tqdm
 
+from shakegpt.config_dir import config_dir
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-# An absolute path, so the entry point also works when launchers import it as a module.
-CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf" / "mnist")
+CONFIG_DIR = config_dir("mnist")
 
 log = logging.getLogger(__name__)
 MEAN, STD = 0.1307, 0.3081  # of the MNIST training pixels in [0, 1]

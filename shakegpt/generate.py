@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import get_args
 
 import hydra
 from omegaconf import DictConfig
 
 from shakegpt.checkpoint import read_checkpoint, resolve_checkpoint
+from shakegpt.config_dir import config_dir
 from shakegpt.errors import ShakeGPTError
 from shakegpt.hardware import pick_device
 from shakegpt.model import KVCacheMode
 from shakegpt.module import GPTModule
 from shakegpt.rundir import BEST_CHECKPOINT
 
-# An absolute path, so the entry point also works when launchers import it as a module.
-CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+CONFIG_DIR = config_dir()
 
 
 def load_module(ckpt_path: str, device: str = "cpu") -> GPTModule:

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from shakegpt.callbacks import BEST_VAL_METRIC, best_val_loss
 from shakegpt.checkpoint import check_resumable
+from shakegpt.config_dir import config_dir
 from shakegpt.errors import ShakeGPTError
 from shakegpt.hardware import check_accelerator
 from shakegpt.launch import run_job, save_run_config, wait_for_ranks
@@ -23,8 +24,7 @@ from shakegpt.module import GPTModule
 from shakegpt.resume import AtomicCheckpointIO, StartPoint, start_point
 from shakegpt.rundir import METRICS, RUN_RECORD, drop_evaluations_from, read_record
 
-# An absolute path, so the entry point also works when launchers import it as a module.
-CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+CONFIG_DIR = config_dir()
 
 log = logging.getLogger(__name__)
 
