@@ -43,7 +43,7 @@ def test_the_wheel_carries_its_config_and_its_commands_run_from_anywhere(tmp_pat
     assert len(command("shakegpt-generate", f"ckpt_path={run}", "max_new_tokens=30").stdout) >= 30
     command("shakegpt-report", str(run))
     assert "| 20 |" in (run / "report.md").read_text()
-    assert "Configuration groups" in command("shakegpt-mnist", "--help").stdout
+    assert "shakegpt-mnist: MNIST two ways" in command("shakegpt-mnist", "--help").stdout
     env["COMP_LINE"] = "shakegpt-train experiment="  # what bash hands Hydra's completion
     assert "experiment=exp5" in command("shakegpt-train", "-sc", "query=bash").stdout.split()
     assert not (elsewhere / "outputs").exists()  # everything went where it was told
