@@ -19,6 +19,8 @@ from shakegpt.rundir import EvalRow, read_metrics, record_failure, write_metrics
 BEST_VAL_METRIC = "hp/best_val_loss"
 
 log = logging.getLogger(__name__)
+# The eval lines, for the run folder's train.log only (conf/hydra/default.yaml): the console has them already.
+eval_log = logging.getLogger("shakegpt.evals")
 
 # A loss this many times the first evaluation's has blown up, even if it is finite.
 DIVERGED_FACTOR = 1.5
@@ -89,6 +91,7 @@ class EvalReport(L.Callback):
             bar.print(line)
         else:
             print(line, flush=True)
+        eval_log.info(line)
         # The checkpoint callback keeps the run's best and takes this evaluation in after this callback (which must
         # come first: it logs the batch loss before that one may stop the run).
         best = min(best_val_loss(trainer) or math.inf, val_loss)

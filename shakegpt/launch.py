@@ -6,7 +6,8 @@ shakegpt.train. Each piece is here because one of those tools, left alone, does 
 - `launchable_job`: Lightning's DDP launcher re-runs the whole command line, which in a multirun is the sweep;
 - `run_job`: the run folder's lock, and what a failure or an interruption does to a run and to a sweep;
 - `save_run_config`: Hydra would write .hydra/ before we know the run may use the folder;
-- `wait_for_ranks`: ranks that outlive their job would hold its folder and the machine's cores.
+- `wait_for_ranks`: ranks that outlive their job would hold its folder and the machine's cores;
+- `KNOWN_NOISE`: messages Lightning prints on every run that say nothing about it, dropped in one place.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import os
 import re
 import shlex
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,6 +39,34 @@ log = logging.getLogger(__name__)
 # Run folders are named by start time and process id, so two runs started in the same second never share one.
 OmegaConf.register_new_resolver("pid", os.getpid, replace=True)
 OmegaConf.register_new_resolver("cpu_precision", cpu_precision, replace=True)
+
+# Said on every run, about nothing in it; each with why it does not apply here.
+KNOWN_NOISE = (
+    # RandomWindows' length is the epoch in steps, on purpose (exact resumes); its loaders have no workers.
+    "Your `IterableDataset` has `__len__` defined",
+    # Lightning 2.6's own call into torch 2.14's pytree; nothing for us or the user to change.
+    "`isinstance(treespec, LeafSpec)` is deprecated",
+    # On a SLURM login node, about runs we do not launch with srun: hydra/launcher=slurm goes through submitit.
+    "The `srun` command is available on your system but is not used",
+    # An advertisement.
+    "try installing [litlogger]",
+)
+
+
+class _DropKnownNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(text in record.getMessage() for text in KNOWN_NOISE)
+
+
+def quiet_known_noise() -> None:
+    """Keep KNOWN_NOISE off the console: as warnings, and as Lightning's info messages."""
+    for text in KNOWN_NOISE:
+        warnings.filterwarnings("ignore", message=".*" + re.escape(text))
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_DropKnownNoise())
+
+
+quiet_known_noise()
 
 # What Lightning's subprocess launcher (DDP) puts in the environment for the ranks it starts.
 DDP_LAUNCHER_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")

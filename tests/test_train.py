@@ -40,6 +40,15 @@ def test_prints_parameters_and_classic_loss_lines(run):
     assert abs(lines[0][1] - math.log(65)) < 0.1
 
 
+def test_train_log_keeps_the_eval_lines_and_the_console_has_no_known_noise(run):
+    folder, proc = run
+    logged = (folder / "train.log").read_text()
+    assert [step for step, _, _ in eval_lines(logged)] == [0, 10, 20]
+    assert eval_lines(logged) == eval_lines(proc.stdout)
+    for text in ("litlogger", "IterableDataset", "LeafSpec"):
+        assert text not in proc.stderr + proc.stdout, text
+
+
 def test_tensorboard_has_both_losses_the_hparams_and_text_samples(run):
     folder, _ = run
     acc = events(folder)
