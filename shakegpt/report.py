@@ -195,9 +195,9 @@ def plot_losses(runs: list[Run], path: Path) -> None:
         ax.plot(steps, [row[1] for row in run.evals], "--", color=color, label=f"{run.label} train")
     ax.set(xlabel="step", ylabel="loss (nats per character)", title="Loss: val solid, train dashed")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    # Beside the curves, not over them: a report over several sweeps has many runs.
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
