@@ -140,9 +140,12 @@ def paired(samples: dict[str, list[float]], baseline: str) -> dict[str, tuple[fl
 
 
 class StepTimer(L.Callback):
-    """Times the training steps after the first (warm-up) one."""
+    """Times `steps` training steps after the first (warm-up) one, and not the step after them: a run's last
+    step also writes the checkpoint its final evaluation starts from, which a real run does once per
+    evaluation interval, not once per few steps."""
 
-    def __init__(self) -> None:
+    def __init__(self, steps: int) -> None:
+        self.steps = steps
         self.start = self.end = 0.0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
@@ -151,8 +154,9 @@ class StepTimer(L.Callback):
             self.start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        sync(pl_module.device)
-        self.end = time.perf_counter()
+        if trainer.global_step == 1 + self.steps:
+            sync(pl_module.device)
+            self.end = time.perf_counter()
 
 
 def lightning_overrides(steps: int, eval_batches: int) -> list[str]:
@@ -166,8 +170,10 @@ def lightning_overrides(steps: int, eval_batches: int) -> list[str]:
 
 
 def time_lightning_training(hardware: str, n_layer: int, steps: int) -> float:
-    timer = StepTimer()
-    trainer, module, datamodule = build(config(hardware, n_layer, *lightning_overrides(steps, 0)), callbacks=[timer])
+    timer = StepTimer(steps)
+    # The warm-up step, the timed steps, and the last step (with the checkpoint write) untimed.
+    overrides = lightning_overrides(steps + 1, 0)
+    trainer, module, datamodule = build(config(hardware, n_layer, *overrides), callbacks=[timer])
     with contextlib.redirect_stdout(sys.stderr):  # the progress bar runs, but stdout stays for the results
         trainer.fit(module, datamodule=datamodule)
     return steps * BATCH * BLOCK / (timer.end - timer.start)
