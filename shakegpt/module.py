@@ -30,7 +30,8 @@ class GPTModule(L.LightningModule):
         self.save_hyperparameters(ignore=["optimizer"], logger=False)
         self.model = GPT(GPTConfig(**model_config))
         self.tokenizer = CharTokenizer(vocab)
-        self.optimizer_factory = optimizer or torch.optim.AdamW
+        # From the optimizer config group (conf/optimizer/); none when the module only samples.
+        self.optimizer_factory = optimizer
         # Mean loss per split at the latest evaluation; the val dataloaders come in this order.
         self.splits = ("train", "val")
         self.eval_losses: dict[str, float] = {}
@@ -95,6 +96,8 @@ class GPTModule(L.LightningModule):
             torch.cuda.set_rng_state_all(states["cuda"])
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
+        if self.optimizer_factory is None:
+            raise ShakeGPTError("GPTModule was built without an optimizer (optimizer=...), so it cannot train")
         return self.optimizer_factory(self.parameters())
 
     def sample(

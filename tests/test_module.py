@@ -1,0 +1,16 @@
+"""The LightningModule on its own."""
+
+import pytest
+import torch
+
+from shakegpt.errors import ShakeGPTError
+from shakegpt.module import GPTModule
+
+TINY_MODEL = {"vocab_size": 5, "n_layer": 1, "n_head": 1, "n_embd": 8, "block_size": 4}
+
+
+def test_the_optimizer_comes_from_the_config_and_has_no_default_of_its_own():
+    with pytest.raises(ShakeGPTError, match="without an optimizer"):
+        GPTModule(TINY_MODEL, "abcde").configure_optimizers()
+    optimizer = GPTModule(TINY_MODEL, "abcde", lambda params: torch.optim.AdamW(params, lr=3e-4)).configure_optimizers()
+    assert optimizer.param_groups[0]["lr"] == 3e-4
