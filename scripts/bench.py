@@ -45,7 +45,9 @@ import torch.nn as nn
 from classic_gpt import ClassicConfig, ClassicGPT  # scripts/ is on sys.path when this script runs
 from hydra import compose, initialize_config_dir
 
+from shakegpt.config_dir import config_dir
 from shakegpt.data import RandomWindows
+from shakegpt.hardware import matmul_gflops
 from shakegpt.model import GPT, GPTConfig
 from shakegpt.train import build
 
@@ -56,7 +58,7 @@ BATCH, BLOCK, N_EMBD, DROPOUT, VOCAB = 64, 256, 384, 0.2, 65
 # --- helpers ---------------------------------------------------------------------------------------------
 def config(hardware: str, n_layer: int, *overrides: str):
     out = tempfile.mkdtemp(prefix="shakegpt-bench-")
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         return compose(
             config_name="train",
             overrides=[
@@ -208,17 +210,6 @@ def time_batch_gathering(contender: str, rounds: int = 50) -> float:
     return rounds * BATCH / (time.perf_counter() - start)
 
 
-def gemm_gflops(device: torch.device, dtype: torch.dtype, size: int) -> float:
-    a, b = torch.randn(size, size, device=device, dtype=dtype), torch.randn(size, size, device=device, dtype=dtype)
-    a @ b
-    sync(device)
-    start, reps = time.perf_counter(), 5
-    for _ in range(reps):
-        a @ b
-    sync(device)
-    return reps * 2 * size**3 / (time.perf_counter() - start) / 1e9
-
-
 def peak_memory_mb(contender: str, hardware: str, n_layer: int) -> float | None:
     """Peak memory of two training steps of one contender, alone in a fresh process; None if it was killed
     (out of memory)."""
@@ -304,7 +295,7 @@ def main() -> None:
     if "gemm" not in args.skip:
         size = 8192 if device.type == "cuda" else 2048
         for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-            peaks[name] = max(gemm_gflops(device, dtype, size) for _ in range(3))
+            peaks[name] = matmul_gflops(dtype, size, repeats=10, device=device)
             emit({"kind": "gemm", "contender": name, "n_layer": None, "gflops": round(peaks[name], 1)})
     ours_peak = peaks.get("bf16" if "bf16" in hw.precision else "fp32")
 

@@ -28,14 +28,17 @@ def cpu_precision() -> str:
     return "bf16-mixed" if speed[torch.bfloat16] >= BF16_SPEEDUP_NEEDED * speed[torch.float32] else "32-true"
 
 
-def matmul_gflops(dtype: torch.dtype, size: int = 512, repeats: int = 5) -> float:
-    """The best of a few size x size matrix products on the CPU, in GFLOP/s."""
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+def matmul_gflops(dtype: torch.dtype, size: int = 512, repeats: int = 5, device: str | torch.device = "cpu") -> float:
+    """The best of a few size x size matrix products, in GFLOP/s (also scripts/bench.py's GEMM peak)."""
+    a, b = (torch.randn(size, size, dtype=dtype, device=device) for _ in range(2))
+    synchronize = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     a @ b
     best = math.inf
     for _ in range(repeats):
+        synchronize()
         start = time.perf_counter()
         a @ b
+        synchronize()
         best = min(best, time.perf_counter() - start)
     return 2 * size**3 / best / 1e9
 
