@@ -40,6 +40,7 @@ from functools import partial
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn as nn
 from classic_gpt import ClassicConfig, ClassicGPT  # scripts/ is on sys.path when this script runs
@@ -194,12 +195,13 @@ def time_lightning_eval(hardware: str, n_layer: int, n_batches: int) -> float:
 
 def time_batch_gathering(contender: str, rounds: int = 50) -> float:
     """Windows per second: the classic per-row slices and stack, or RandomWindows' one gather."""
-    tokens = torch.randint(VOCAB, (1_000_000,))
+    tokens = np.random.default_rng(0).integers(VOCAB, size=1_000_000, dtype=np.uint8)  # as the token cache holds it
     if contender == "reference":
+        tensor = torch.from_numpy(tokens).long()  # the classic script's int64 tensor of the whole text
 
         def draw() -> torch.Tensor:
-            starts = torch.randint(len(tokens) - BLOCK, (BATCH,))
-            return torch.stack([tokens[i : i + BLOCK + 1] for i in starts])
+            starts = torch.randint(len(tensor) - BLOCK, (BATCH,))
+            return torch.stack([tensor[i : i + BLOCK + 1] for i in starts])
     else:
         windows = RandomWindows(tokens, BLOCK, BATCH, seed=0, stream=0, rank=0, start=0, stop=rounds)
         draw = partial(windows.batch, 0)

@@ -1,4 +1,4 @@
-"""The corpus: where it lives, fetching and checking it, and serving random windows of it."""
+"""The corpus: where it lives, fetching and checking it, and serving random windows of its tokens."""
 
 from __future__ import annotations
 
@@ -11,10 +11,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from shakegpt.errors import ShakeGPTError
+from shakegpt.token_cache import load_tokens
 from shakegpt.tokenizer import CharTokenizer
 
 TINYSHAKESPEARE = Path("tinyshakespeare") / "input.txt"
@@ -26,15 +28,23 @@ def sha256_of(path: Path) -> str:
 
 
 def download(url: str, dest: Path, sha256: str) -> None:
-    """Fetch url into dest, verified, so that a failed or corrupt download never leaves a file behind."""
+    """Fetch url into dest, verified, so that a failed or corrupt download never leaves a file (or a folder it
+    made) behind."""
+    made = [folder for folder in (dest.parent, *dest.parent.parents) if not folder.exists()]  # deepest first
     dest.parent.mkdir(parents=True, exist_ok=True)
+
+    def clean_up(tmp_path: Path) -> None:
+        tmp_path.unlink()
+        for folder in made:
+            folder.rmdir()
+
     with tempfile.NamedTemporaryFile(dir=dest.parent, delete=False) as tmp:
         tmp_path = Path(tmp.name)
         try:
             with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
                 tmp.write(response.read())
         except (urllib.error.URLError, OSError) as err:
-            tmp_path.unlink()
+            clean_up(tmp_path)
             raise ShakeGPTError(
                 f"{dest} is missing and downloading it from {url} failed ({err}). "
                 f"Put the file there by hand, point the data directory elsewhere "
@@ -42,7 +52,7 @@ def download(url: str, dest: Path, sha256: str) -> None:
             ) from None
     actual = sha256_of(tmp_path)
     if actual != sha256:
-        tmp_path.unlink()
+        clean_up(tmp_path)
         raise ShakeGPTError(f"the download from {url} has sha256 {actual}, expected {sha256}; nothing was saved")
     os.replace(tmp_path, dest)
 
@@ -67,16 +77,7 @@ def locate_corpus(path: str | None, data_dir: str, url: str, sha256: str) -> Pat
     return corpus
 
 
-def read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise ShakeGPTError(
-            f"{path} is not UTF-8 text (byte {err.start} cannot be decoded); convert it, e.g. with iconv"
-        ) from None
-
-
-def split_tokens(tokens: torch.Tensor, train_fraction: float, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def split_tokens(tokens: np.ndarray, train_fraction: float, block_size: int) -> tuple[np.ndarray, np.ndarray]:
     """First train_fraction for training, the rest for validation; each must hold one window."""
     n_train = int(train_fraction * len(tokens))
     train, val = tokens[:n_train], tokens[n_train:]
@@ -94,12 +95,13 @@ class RandomWindows(IterableDataset):
 
     Batch number k is drawn from its own generator, seeded by (seed, stream, rank, k), so a resumed run sees the
     batches the uninterrupted run would have seen, and evaluations that start at k = 0 see the same batches
-    every time. Windows are gathered with one indexing operation, not a Python loop over the batch.
+    every time. Windows are gathered with one indexing operation, not a Python loop over the batch, from tokens
+    of any integer type (a memory-mapped cache holds them as small as it can).
     """
 
     def __init__(
         self,
-        tokens: torch.Tensor,
+        tokens: np.ndarray,
         block_size: int,
         batch_size: int,
         seed: int,
@@ -122,7 +124,7 @@ class RandomWindows(IterableDataset):
         # Hashes of int tuples are not randomised between processes, so seeds are stable.
         generator = torch.Generator().manual_seed(hash((self.seed, self.stream, self.rank, k)))
         starts = torch.randint(len(self.tokens) - self.block_size, (self.batch_size,), generator=generator)
-        windows = self.tokens[starts[:, None] + self.offsets]
+        windows = torch.from_numpy(self.tokens[(starts[:, None] + self.offsets).numpy()].astype(np.int64))
         return windows[:, :-1], windows[:, 1:]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -148,6 +150,7 @@ class CharDataModule(L.LightningDataModule):
         seed: int = 1337,
         eval_seed: int = 0,
         pin_memory: bool = False,
+        cache_dir: str | None = None,
     ) -> None:
         super().__init__()
         if batch_size <= 0 or block_size <= 0:
@@ -157,24 +160,25 @@ class CharDataModule(L.LightningDataModule):
         self.path, self.data_dir, self.url, self.sha256 = path, data_dir, url, sha256
         self.batch_size, self.block_size, self.train_fraction = batch_size, block_size, train_fraction
         self.seed, self.eval_seed = seed, eval_seed
-        self.pin_memory = pin_memory
+        self.pin_memory, self.cache_dir = pin_memory, cache_dir
         self.tokenizer: CharTokenizer | None = None
         self.corpus: Path | None = None
-        self.train_tokens = self.val_tokens = torch.empty(0, dtype=torch.long)
+        self.train_tokens = self.val_tokens = np.empty(0, dtype=np.uint8)
 
     def prepare_data(self) -> None:
+        """On the first rank only: fetch the corpus if needed and encode it into its token cache."""
         self.corpus = locate_corpus(self.path, self.data_dir, self.url, self.sha256)
+        load_tokens(self.corpus, self.cache_dir)
 
     def setup(self, stage: str | None = None) -> None:
         if self.tokenizer is not None:
             return
-        # prepare_data ran in this process only on the first rank; the others locate (and check) it here.
+        # prepare_data ran in this process only on the first rank; the others locate (and check) it here, and
+        # wait on the cache's lock while the first rank encodes.
         corpus = self.corpus or locate_corpus(self.path, self.data_dir, self.url, self.sha256)
-        text = read_text(corpus)
-        tokenizer = CharTokenizer.from_text(text)
-        tokens = torch.tensor(tokenizer.encode(text), dtype=torch.long)
-        self.train_tokens, self.val_tokens = split_tokens(tokens, self.train_fraction, self.block_size)
-        self.tokenizer = tokenizer
+        tokens = load_tokens(corpus, self.cache_dir)
+        self.train_tokens, self.val_tokens = split_tokens(tokens.ids, self.train_fraction, self.block_size)
+        self.tokenizer = CharTokenizer(tokens.vocab)
 
     def _rank(self) -> int:
         return self.trainer.global_rank if self.trainer is not None else 0

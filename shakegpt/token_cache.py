@@ -1,0 +1,184 @@
+"""A corpus' characters as token ids, encoded once, stored in the smallest integer type that holds them and
+memory-mapped, so memory stays flat whatever the corpus' size.
+
+The cache is two files beside the corpus (`input.txt.tokens` and its `.json` record), or in another folder when
+the corpus' folder is read-only or `cache_dir` is given. The record names the corpus, its size and modification
+time, and the vocabulary; it is written last, so a cache whose record is missing, does not match the corpus, or
+whose ids file has the wrong length is rebuilt, never trusted. One process builds while the others wait on a lock
+(DDP ranks, parallel sweep jobs), and each file appears by an atomic rename.
+
+Only NumPy is imported: preparing a corpus needs neither torch nor Lightning.
+"""
+
+from __future__ import annotations
+
+import codecs
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from shakegpt.errors import ShakeGPTError
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+CHUNK_BYTES = 16 * 2**20  # of text per step: bounds memory (about 10x this at the peak) whatever the corpus' size
+UNICODE_SIZE = 0x110000  # code points
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """A corpus as ids into its vocabulary: the corpus' distinct characters in code point order."""
+
+    vocab: str
+    ids: np.ndarray  # memory-mapped, read-only, uint8 / uint16 / uint32
+
+
+def id_dtype(vocab_size: int) -> np.dtype:
+    """The smallest unsigned integer type that holds every id."""
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if vocab_size <= np.iinfo(dtype).max + 1:
+            return np.dtype(dtype)
+    raise AssertionError("Unicode has fewer than 2**32 code points")
+
+
+def user_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "shakegpt" / "tokens"
+
+
+def writable(folder: Path) -> bool:
+    # The mode bits too: root passes os.access on any folder, and would write into a dataset folder
+    # that was made read-only on purpose.
+    return os.access(folder, os.W_OK) and bool(folder.stat().st_mode & 0o222)
+
+
+def cache_stem(corpus: Path, cache_dir: str | Path | None) -> Path:
+    """Where a corpus' cache lives, less the suffixes: beside the corpus when its folder is writable and no
+    cache_dir is given; else in cache_dir (or the user's cache), named apart from same-named corpora elsewhere."""
+    if cache_dir is None and writable(corpus.parent):
+        return corpus.parent / corpus.name
+    folder = Path(cache_dir).expanduser() if cache_dir is not None else user_cache_dir()
+    return folder / f"{corpus.name}-{hashlib.sha1(str(corpus).encode()).hexdigest()[:8]}"
+
+
+def load_tokens(corpus: Path, cache_dir: str | Path | None = None) -> Tokens:
+    """The corpus' tokens from its cache, built first when missing or stale."""
+    corpus = corpus.resolve()
+    stem = cache_stem(corpus, cache_dir)
+    ids_path, record_path = stem.with_name(stem.name + ".tokens"), stem.with_name(stem.name + ".tokens.json")
+    try:
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        with exclusive(stem.with_name(stem.name + ".tokens.lock")):
+            record = valid_record(corpus, ids_path, record_path)
+            if record is None:
+                record = build(corpus, ids_path, record_path)
+    except PermissionError as err:
+        raise ShakeGPTError(
+            f"cannot write the token cache of {corpus} ({err.strerror}: {err.filename}); "
+            f"point data.cache_dir=... at a writable folder"
+        ) from None
+    return Tokens(record["vocab"], np.memmap(ids_path, dtype=record["dtype"], mode="r"))
+
+
+@contextmanager
+def exclusive(lock_path: Path) -> Iterator[None]:
+    with open(lock_path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+        yield
+
+
+def corpus_identity(corpus: Path) -> dict:
+    stat = corpus.stat()
+    return {"format": FORMAT, "corpus": str(corpus), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def valid_record(corpus: Path, ids_path: Path, record_path: Path) -> dict | None:
+    """The cache's record if it describes this corpus as it is now and the ids file is whole; else None."""
+    try:
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+        if {key: record.get(key) for key in ("format", "corpus", "size", "mtime_ns")} != corpus_identity(corpus):
+            return None
+        expected_bytes = record["n_tokens"] * np.dtype(record["dtype"]).itemsize
+        return record if ids_path.stat().st_size == expected_bytes else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def text_chunks(corpus: Path) -> Iterator[str]:
+    """The corpus decoded piece by piece; a character split between two reads is completed by the next."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with open(corpus, "rb") as f:
+        while True:
+            data = f.read(CHUNK_BYTES)
+            try:
+                text = decoder.decode(data, final=not data)
+            except UnicodeDecodeError as err:
+                raise ShakeGPTError(
+                    f"{corpus} is not UTF-8 text (the byte near offset {offset + err.start} cannot be decoded); "
+                    f"convert it, e.g. with iconv"
+                ) from None
+            offset += len(data)
+            if text:
+                yield text
+            if not data:
+                return
+
+
+def code_points(text: str) -> np.ndarray:
+    return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+
+
+def build(corpus: Path, ids_path: Path, record_path: Path) -> dict:
+    """Two passes over the text: the vocabulary, then the ids, written to a temporary file and renamed."""
+    identity = corpus_identity(corpus)
+    log.info("encoding %s (%.1f MB) into %s", corpus, identity["size"] / 1e6, ids_path)
+    started = time.perf_counter()
+    present = np.zeros(UNICODE_SIZE, dtype=bool)
+    for text in text_chunks(corpus):
+        present[code_points(text)] = True
+    vocab_points = np.flatnonzero(present)
+    if len(vocab_points) == 0:
+        raise ShakeGPTError(f"{corpus} is empty: give data.path a text file with something in it")
+    dtype = id_dtype(len(vocab_points))
+    id_of = np.zeros(UNICODE_SIZE, dtype=dtype)
+    id_of[vocab_points] = np.arange(len(vocab_points), dtype=dtype)
+    n_tokens = 0
+    with tempfile.NamedTemporaryFile(dir=ids_path.parent, prefix=ids_path.name, delete=False) as tmp:
+        try:
+            for text in text_chunks(corpus):
+                ids = id_of[code_points(text)]
+                ids.tofile(tmp)
+                n_tokens += len(ids)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        except BaseException:
+            os.unlink(tmp.name)
+            raise
+    if corpus_identity(corpus) != identity:
+        os.unlink(tmp.name)
+        raise ShakeGPTError(f"{corpus} changed while it was being encoded; run again once it is written")
+    os.replace(tmp.name, ids_path)
+    record = {**identity, "dtype": dtype.name, "n_tokens": n_tokens, "vocab": "".join(map(chr, vocab_points))}
+    write_atomically(record_path, json.dumps(record))
+    log.info(
+        "encoded %d characters, %d distinct, as %s in %.1f s", n_tokens, len(vocab_points), dtype.name,
+        time.perf_counter() - started,
+    )  # fmt: skip
+    return record
+
+
+def write_atomically(path: Path, text: str) -> None:
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=path.name, delete=False, encoding="utf-8") as tmp:
+        tmp.write(text)
+    os.replace(tmp.name, path)
