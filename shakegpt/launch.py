@@ -32,7 +32,15 @@ from omegaconf import DictConfig, OmegaConf, read_write
 
 from shakegpt.errors import Interrupted, ShakeGPTError
 from shakegpt.hardware import cpu_precision
-from shakegpt.rundir import RUN_RECORD, SETTINGS, FolderInUse, RunLock, read_record, record_failure
+from shakegpt.rundir import (
+    RUN_RECORD,
+    SETTINGS,
+    FolderInUse,
+    RunLock,
+    read_record,
+    record_failure,
+    remove_unstarted,
+)
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +175,8 @@ def save_run_config(cfg: DictConfig, output_dir: Path) -> None:
 def run_job(cfg: DictConfig, job: Callable[[DictConfig], float]) -> float | None:
     """Runs job(cfg) holding the run folder's lock; a failure is recorded in the run folder's run.json.
 
-    Alone, a bad input ends the program with a one-line message, and an interruption with one line saying how
+    Alone, a bad input ends the program with a one-line message (and the run folder is removed if the run made
+    it and wrote nothing in it but its setup), and an interruption with one line saying how
     to continue and the signal's exit status (130 for Ctrl-C, 143 for SIGTERM). In a sweep, a failed job is
     logged and returns None, so the other jobs and the sweep report go on; the Optuna sweeper records None as a
     failed trial (a NaN would make it crash instead). An interruption stops the whole sweep.
@@ -183,6 +192,7 @@ def run_job(cfg: DictConfig, job: Callable[[DictConfig], float]) -> float | None
         if not record_before or read_record(output_dir / RUN_RECORD) != record_before:
             record_failure(output_dir / RUN_RECORD, err)
 
+    refused = False
     try:
         if lock is not None:
             lock.acquire()
@@ -208,6 +218,7 @@ def run_job(cfg: DictConfig, job: Callable[[DictConfig], float]) -> float | None
             )
             return None
         if isinstance(err, ShakeGPTError):
+            refused = not record_before
             raise SystemExit(f"error: {err}") from None
         if isinstance(err, OSError):  # a full disk, a read-only folder: the earlier checkpoints are intact
             raise SystemExit(
@@ -217,3 +228,5 @@ def run_job(cfg: DictConfig, job: Callable[[DictConfig], float]) -> float | None
     finally:
         if lock is not None:
             lock.release()
+            if refused:
+                remove_unstarted(output_dir)

@@ -42,6 +42,34 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+# What a run writes before its first step (train.log is Hydra's job log); a folder holding nothing else is
+# removed when the run is refused for bad input.
+SETUP_FILES = {
+    RUN_RECORD,
+    LOCK,
+    SETTINGS,
+    "train.log",
+    ".hydra/config.yaml",
+    ".hydra/hydra.yaml",
+    ".hydra/overrides.yaml",
+}
+
+
+def remove_unstarted(folder: Path) -> bool:
+    """Delete a run folder that holds only what a run writes before it starts; a folder with anything else
+    (a checkpoint, metrics, a file of the user's) is left whole. True if it was removed."""
+    entries = list(folder.rglob("*"))
+    files = {path.relative_to(folder).as_posix() for path in entries if not path.is_dir()}
+    folders = [path for path in entries if path.is_dir()]
+    if not files <= SETUP_FILES or any(path != folder / ".hydra" for path in folders):
+        return False
+    for name in files:
+        (folder / name).unlink()
+    for path in (*folders, folder):
+        path.rmdir()
+    return True
+
+
 def last_checkpoint(folder: Path) -> Path:
     return folder / CHECKPOINTS / LAST_CHECKPOINT
 

@@ -13,6 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
 from shakegpt.generate import load_module
+from shakegpt.rundir import remove_unstarted
 
 from .conftest import TINY, run_module
 
@@ -164,4 +165,17 @@ def test_bad_input_fails_with_a_clear_message(tmp_path, overrides, env, message)
     assert proc.returncode == 1
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
-    assert not (tmp_path / "run" / "checkpoints").exists()
+    assert not (tmp_path / "run").exists()  # nothing in it but its setup: removed
+    assert not (tmp_path / "empty").exists()  # no data folder left by a failed download
+
+
+def test_only_a_folder_holding_nothing_but_a_runs_setup_is_removed(tmp_path):
+    for name in ("run.json", "run.lock", "config.yaml", "train.log", ".hydra/config.yaml", ".hydra/overrides.yaml"):
+        (tmp_path / "run" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "run" / name).write_text("x")
+    (tmp_path / "run" / "notes.txt").write_text("the user's")
+    assert not remove_unstarted(tmp_path / "run")
+    assert len(list((tmp_path / "run").rglob("*"))) == 8  # all of it, .hydra/ included
+    (tmp_path / "run" / "notes.txt").unlink()
+    assert remove_unstarted(tmp_path / "run")
+    assert list(tmp_path.iterdir()) == []
