@@ -14,7 +14,15 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from shakegpt.module import GPTModule
 from shakegpt.resume import RunCheckpoints
-from shakegpt.rundir import EvalRow, read_metrics, record_failure, write_metrics, write_record
+from shakegpt.rundir import (
+    EvalRow,
+    bits_per_char,
+    losses_text,
+    read_metrics,
+    record_failure,
+    write_metrics,
+    write_record,
+)
 
 BEST_VAL_METRIC = "hp/best_val_loss"
 
@@ -35,9 +43,9 @@ def best_val_loss(trainer: L.Trainer) -> float | None:
 
 
 class EvalReport(L.Callback):
-    """After every evaluation: prints `step N: train loss X, val loss Y`, logs both losses and the best val
-    loss so far to the loggers, and appends them to a CSV file that reports read back. Also logs the training
-    batch loss every log_every_n_steps steps.
+    """After every evaluation: prints `step N: train loss X, val loss Y (X' / Y' bpc)`, logs both losses (in nats
+    and in bits per character) and the best val loss so far to the loggers, and appends them to a CSV file that
+    reports read back. Also logs the training batch loss every log_every_n_steps steps.
 
     Every evaluation Lightning runs is reported: its pre-training one ('sanity check') runs only when an
     evaluation is due (step 0, or the step a resumed run's checkpoint was taken before)."""
@@ -84,7 +92,7 @@ class EvalReport(L.Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: GPTModule) -> None:
         step = trainer.global_step
         train_loss, val_loss = pl_module.eval_losses["train"], pl_module.eval_losses["val"]
-        line = f"step {step}: train loss {train_loss:.4f}, val loss {val_loss:.4f}"
+        line = f"step {step}: {losses_text(train_loss, val_loss)}"
         # Through the progress bar when one is shown, so the line does not break it.
         bar = trainer.progress_bar_callback
         if bar is not None and bar.is_enabled:
@@ -95,7 +103,13 @@ class EvalReport(L.Callback):
         # The checkpoint callback keeps the run's best and takes this evaluation in after this callback (which must
         # come first: it logs the batch loss before that one may stop the run).
         best = min(best_val_loss(trainer) or math.inf, val_loss)
-        metrics = {"train/loss": train_loss, "val/loss": val_loss, BEST_VAL_METRIC: best}
+        metrics = {
+            "train/loss": train_loss,
+            "val/loss": val_loss,
+            BEST_VAL_METRIC: best,
+            "train/bpc": bits_per_char(train_loss),
+            "val/bpc": bits_per_char(val_loss),
+        }
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
         # Last, and whole: a row in metrics.csv means everything of this evaluation was written.

@@ -109,10 +109,12 @@ class RandomWindows(IterableDataset):
         rank: int,
         start: int,
         stop: int,
+        translation: np.ndarray | None = None,
     ) -> None:
         super().__init__()
         self.tokens, self.block_size, self.batch_size = tokens, block_size, batch_size
         self.seed, self.stream, self.rank, self.start, self.stop = seed, stream, rank, start, stop
+        self.translation = translation  # token id -> the model's id, when the model has another vocabulary
         self.offsets = torch.arange(block_size + 1)
 
     def __len__(self) -> int:
@@ -124,7 +126,10 @@ class RandomWindows(IterableDataset):
         # Hashes of int tuples are not randomised between processes, so seeds are stable.
         generator = torch.Generator().manual_seed(hash((self.seed, self.stream, self.rank, k)))
         starts = torch.randint(len(self.tokens) - self.block_size, (self.batch_size,), generator=generator)
-        windows = torch.from_numpy(self.tokens[(starts[:, None] + self.offsets).numpy()].astype(np.int64))
+        windows = self.tokens[(starts[:, None] + self.offsets).numpy()]
+        if self.translation is not None:
+            windows = self.translation[windows]
+        windows = torch.from_numpy(windows.astype(np.int64))
         return windows[:, :-1], windows[:, 1:]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -135,7 +140,8 @@ class CharDataModule(L.LightningDataModule):
     """Serves a character corpus: random training windows, and fixed evaluation batches on both splits.
 
     Validation has two dataloaders, the train split then the val split, so every evaluation reports the
-    loss on both, as the classic script does.
+    loss on both, as the classic script does. With a vocabulary (a checkpoint's), the corpus is read in its
+    ids instead of its own, and a character outside it is refused.
     """
 
     def __init__(
@@ -151,6 +157,7 @@ class CharDataModule(L.LightningDataModule):
         eval_seed: int = 0,
         pin_memory: bool = False,
         cache_dir: str | None = None,
+        vocab: str | None = None,
     ) -> None:
         super().__init__()
         if batch_size <= 0 or block_size <= 0:
@@ -160,8 +167,9 @@ class CharDataModule(L.LightningDataModule):
         self.path, self.data_dir, self.url, self.sha256 = path, data_dir, url, sha256
         self.batch_size, self.block_size, self.train_fraction = batch_size, block_size, train_fraction
         self.seed, self.eval_seed = seed, eval_seed
-        self.pin_memory, self.cache_dir = pin_memory, cache_dir
+        self.pin_memory, self.cache_dir, self.vocab = pin_memory, cache_dir, vocab
         self.tokenizer: CharTokenizer | None = None
+        self.translation: np.ndarray | None = None
         self.corpus: Path | None = None
         self.train_tokens = self.val_tokens = np.empty(0, dtype=np.uint8)
 
@@ -178,7 +186,12 @@ class CharDataModule(L.LightningDataModule):
         corpus = self.corpus or locate_corpus(self.path, self.data_dir, self.url, self.sha256)
         tokens = load_tokens(corpus, self.cache_dir)
         self.train_tokens, self.val_tokens = split_tokens(tokens.ids, self.train_fraction, self.block_size)
-        self.tokenizer = CharTokenizer(tokens.vocab)
+        self.tokenizer = CharTokenizer(self.vocab or tokens.vocab)
+        if self.vocab is not None and self.vocab != tokens.vocab:
+            try:
+                self.translation = np.array(self.tokenizer.encode(tokens.vocab), dtype=np.int64)
+            except ShakeGPTError as err:
+                raise ShakeGPTError(f"{corpus} cannot be read in the model's vocabulary: {err}") from None
 
     def _rank(self) -> int:
         return self.trainer.global_rank if self.trainer is not None else 0
@@ -193,8 +206,9 @@ class CharDataModule(L.LightningDataModule):
         if self.trainer is not None and self.trainer.max_steps > 0:
             start, stop = self.trainer.global_step, self.trainer.max_steps
         windows = RandomWindows(
-            self.train_tokens, self.block_size, self.batch_size, self.seed, 0, self._rank(), start, stop
-        )
+            self.train_tokens, self.block_size, self.batch_size, self.seed, 0, self._rank(), start, stop,
+            self.translation,
+        )  # fmt: skip
         return self._loader(windows)
 
     def val_dataloader(self) -> list[DataLoader]:
@@ -205,8 +219,16 @@ class CharDataModule(L.LightningDataModule):
         return [
             self._loader(
                 RandomWindows(
-                    tokens, self.block_size, self.batch_size, self.eval_seed, stream, self._rank(), 0, n_batches
-                )
+                    tokens,
+                    self.block_size,
+                    self.batch_size,
+                    self.eval_seed,
+                    stream,
+                    self._rank(),
+                    0,
+                    n_batches,
+                    self.translation,
+                )  # fmt: skip
             )
             for stream, tokens in enumerate((self.train_tokens, self.val_tokens), start=1)
         ]

@@ -7,6 +7,7 @@ import math
 import time
 
 import torch
+from omegaconf import OmegaConf
 
 from shakegpt.errors import ShakeGPTError
 
@@ -26,6 +27,10 @@ def cpu_precision() -> str:
         return "32-true"
     speed = {dtype: matmul_gflops(dtype) for dtype in (torch.float32, torch.bfloat16)}
     return "bf16-mixed" if speed[torch.bfloat16] >= BF16_SPEEDUP_NEEDED * speed[torch.float32] else "32-true"
+
+
+# conf/hardware/cpu.yaml's precision, for every entry point that composes it.
+OmegaConf.register_new_resolver("cpu_precision", cpu_precision, replace=True)
 
 
 def matmul_gflops(dtype: torch.dtype, size: int = 512, repeats: int = 5, device: str | torch.device = "cpu") -> float:

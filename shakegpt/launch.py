@@ -1,7 +1,7 @@
 """The plumbing between Hydra, Lightning's DDP launcher and a training job, kept out of the pipeline in
 shakegpt.train. Each piece is here because one of those tools, left alone, does the wrong thing for us:
 
-- the `pid` and `cpu_precision` resolvers that conf/ uses (run folder names, hardware=cpu's precision);
+- the `pid` resolver that conf/ uses (run folder names);
 - `OutputDirCheck`: Hydra shows a traceback when it cannot create the run folder;
 - `launchable_job`: Lightning's DDP launcher re-runs the whole command line, which in a multirun is the sweep;
 - `run_job`: the run folder's lock, and what a failure or an interruption does to a run and to a sweep;
@@ -31,7 +31,6 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, read_write
 
 from shakegpt.errors import Interrupted, ShakeGPTError
-from shakegpt.hardware import cpu_precision
 from shakegpt.rundir import (
     RUN_RECORD,
     SETTINGS,
@@ -46,7 +45,6 @@ log = logging.getLogger(__name__)
 
 # Run folders are named by start time and process id, so two runs started in the same second never share one.
 OmegaConf.register_new_resolver("pid", os.getpid, replace=True)
-OmegaConf.register_new_resolver("cpu_precision", cpu_precision, replace=True)
 
 # Said on every run, about nothing in it; each with why it does not apply here.
 KNOWN_NOISE = (

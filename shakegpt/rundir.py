@@ -19,6 +19,7 @@ import csv
 import fcntl
 import io
 import json
+import math
 import os
 import socket
 import tempfile
@@ -129,6 +130,19 @@ def record_failure(path: Path, error: BaseException, **updates: object) -> None:
     status = "interrupted" if interrupted else "failed"
     with contextlib.suppress(OSError):
         write_record(path, **updates, status=status, error=f"{type(error).__name__}: {error}")
+
+
+def bits_per_char(nats: float) -> float:
+    """A loss in bits per character, the unit char-level results are usually compared in."""
+    return nats / math.log(2)
+
+
+def losses_text(train_loss: float, val_loss: float) -> str:
+    """`train loss X, val loss Y (X' / Y' bpc)`: the form every loss line takes, in nats then in bits."""
+    return (
+        f"train loss {train_loss:.4f}, val loss {val_loss:.4f} "
+        f"({bits_per_char(train_loss):.4f} / {bits_per_char(val_loss):.4f} bpc)"
+    )
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ def test_the_wheel_carries_its_config_and_its_commands_run_from_anywhere(tmp_pat
     trained = command("shakegpt-train", *TINY, f"hydra.run.dir={run}")
     assert "step 20: train loss" in trained.stdout and (run / "checkpoints" / "best.ckpt").is_file()
     assert len(command("shakegpt-generate", f"ckpt_path={run}", "max_new_tokens=30").stdout) >= 30
+    assert "bpc)" in command("shakegpt-evaluate", f"ckpt_path={run}", "eval_batches=1", "data.batch_size=2").stdout
     command("shakegpt-report", str(run))
     assert "| 20 |" in (run / "report.md").read_text()
     assert "shakegpt-mnist: MNIST two ways" in command("shakegpt-mnist", "--help").stdout

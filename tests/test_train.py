@@ -3,6 +3,7 @@
 import csv
 import json
 import math
+import os
 import re
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
+from shakegpt.data import TINYSHAKESPEARE
 from shakegpt.generate import load_module
 from shakegpt.rundir import remove_unstarted
 
@@ -21,10 +23,17 @@ from .conftest import TINY, run_module
 LABEL = "experiment=smoke,hardware=cpu"
 
 
+LOSSES = r"train loss ([\d.]+), val loss ([\d.]+) \(([\d.]+) / ([\d.]+) bpc\)"
+
+
 def eval_lines(stdout: str) -> list[tuple[int, float, float]]:
-    """The `step N: train loss X, val loss Y` lines (the progress bar may share their terminal line)."""
-    found = re.findall(r"step (\d+): train loss ([\d.]+), val loss ([\d.]+)", stdout)
-    return [(int(step), float(train), float(val)) for step, train, val in found]
+    """The `step N: train loss X, val loss Y (X' / Y' bpc)` lines (the progress bar may share their terminal
+    line), checking that their bits per character are the nats' in bits."""
+    found = re.findall(r"step (\d+): " + LOSSES, stdout)
+    for _, *losses in found:
+        train, val, train_bpc, val_bpc = map(float, losses)
+        assert (train_bpc, val_bpc) == pytest.approx((train / math.log(2), val / math.log(2)), abs=2e-4)
+    return [(int(step), float(train), float(val)) for step, train, val, _, _ in found]
 
 
 def events(folder: Path) -> EventAccumulator:
@@ -53,9 +62,10 @@ def test_train_log_keeps_the_eval_lines_and_the_console_has_no_known_noise(run):
 def test_tensorboard_has_both_losses_the_hparams_and_text_samples(run):
     folder, _ = run
     acc = events(folder)
-    for tag in ("train/loss", "val/loss"):
+    for tag in ("train/loss", "val/loss", "train/bpc", "val/bpc"):
         assert [event.step for event in acc.Scalars(tag)] == [0, 10, 20]
     val = [event.value for event in acc.Scalars("val/loss")]
+    assert [event.value for event in acc.Scalars("val/bpc")] == pytest.approx([v / math.log(2) for v in val])
     assert val[-1] < val[0]
     assert acc.Scalars("hp/best_val_loss")[-1].value == pytest.approx(min(val))
     assert "_hparams_/session_start_info" in acc.summary_metadata
@@ -112,6 +122,28 @@ def test_generate_names_unknown_prompt_characters(run, tmp_path):
     proc = run_module("shakegpt.generate", f"ckpt_path={folder}", "prompt='ROMEO#'", cwd=tmp_path)
     assert proc.returncode == 1
     assert "'#'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_evaluate_gives_a_checkpoints_losses_on_the_runs_eval_batches_or_another_text(run, tmp_path):
+    folder, proc = run
+    same_batches = ("data.batch_size=8", "eval_batches=2", "hardware=cpu")  # the smoke run's evaluations
+    evaluated = run_module(
+        "shakegpt.evaluate", f"ckpt_path={folder}/checkpoints/last.ckpt", *same_batches, cwd=tmp_path
+    )
+    assert evaluated.returncode == 0, evaluated.stderr
+    (losses,) = re.findall(LOSSES, evaluated.stdout)
+    assert tuple(map(float, losses[:2])) == eval_lines(proc.stdout)[-1][1:]  # the weights of step 20's evaluation
+    assert list(tmp_path.iterdir()) == []  # evaluating writes nothing
+
+    text = (Path(os.environ["DATA_DIR"]) / TINYSHAKESPEARE).read_text()[:20_000]
+    (tmp_path / "other.txt").write_text(text.lower())  # fewer characters than the model's 65, in its ids
+    (tmp_path / "foreign.txt").write_text(text + "#~" * 100)
+    other = run_module("shakegpt.evaluate", f"ckpt_path={folder}", "data.path=other.txt", *same_batches, cwd=tmp_path)
+    assert other.returncode == 0, other.stderr
+    assert re.fullmatch(LOSSES + "\n", other.stdout)
+    foreign = run_module("shakegpt.evaluate", f"ckpt_path={folder}", "data.path=foreign.txt", cwd=tmp_path)
+    assert foreign.returncode == 1 and "Traceback" not in foreign.stderr
+    assert "foreign.txt cannot be read in the model's vocabulary" in foreign.stderr and "'#', '~'" in foreign.stderr
 
 
 def test_resume_continues_from_the_last_checkpoint(run, tmp_path):
