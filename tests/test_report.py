@@ -7,6 +7,7 @@ import pytest
 from shakegpt.errors import ShakeGPTError
 from shakegpt.report import find_runs, write_report
 from shakegpt.report import main as report_main
+from shakegpt.rundir import EvalRow, write_metrics, write_record
 
 
 def test_sweep_end_writes_a_report_with_a_row_per_job(sweep):
@@ -53,3 +54,37 @@ def test_runs_are_ordered_by_their_numbers(tmp_path):
     for n_layer in (12, 2, 6, 1):
         (tmp_path / f"model.n_layer={n_layer}" / ".hydra").mkdir(parents=True)
     assert [path.name for path in find_runs([tmp_path])] == [f"model.n_layer={n}" for n in (1, 2, 6, 12)]
+
+
+def hand_made_sweep(folder, seeds, finals):
+    """Run folders as a sweep over model.n_layer x seed writes them; val loss falls to finals[n_layer, seed]."""
+    for (n_layer, seed), final in zip([(n, s) for n in (1, 2) for s in seeds], finals, strict=True):
+        run = folder / f"model.n_layer={n_layer},seed={seed}"
+        (run / ".hydra").mkdir(parents=True)
+        (run / ".hydra" / "overrides.yaml").write_text(f"- model.n_layer={n_layer}\n- seed={seed}\n")
+        write_record(run / "run.json", status="finished", parameters=1000 * n_layer, n_layer=n_layer)
+        rows = [EvalRow(0, 4.2, 4.2, 0.0), EvalRow(10, final + 0.1, final - 0.1, 1.0), EvalRow(20, final, final, 2.0)]
+        write_metrics(run / "metrics.csv", rows)
+
+
+def test_runs_differing_only_by_seed_are_reported_as_groups(tmp_path):
+    finals = [2.0, 2.2, 2.4, 1.5, 1.6, 1.7]  # n_layer 1: seeds 1-3, then n_layer 2: seeds 1-3
+    hand_made_sweep(tmp_path, (1, 2, 3), finals)
+    report = write_report([tmp_path]).read_text()
+    assert "| `model.n_layer=1` | 3 | 2.1000 ± 0.2000 | 3.0297 ± 0.2885 | 2.2000 ± 0.2000 |" in report
+    assert "| `model.n_layer=2` | 3 | 1.5000 ± 0.1000 |" in report
+    with (tmp_path / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [row["kind"] for row in rows] == ["run"] * 6 + ["group"] * 2
+    assert [row["run"] for row in rows[-2:]] == ["model.n_layer=1", "model.n_layer=2"]
+    assert float(rows[-1]["best_val_loss"]) == pytest.approx(1.5) and rows[-1]["n"] == "3"
+    assert float(rows[-1]["val_loss_last_std"]) == pytest.approx(0.1)
+
+
+def test_one_seed_per_setting_reports_as_before(tmp_path):
+    hand_made_sweep(tmp_path, (1,), [2.0, 1.5])
+    report = write_report([tmp_path]).read_text()
+    assert "Over seeds" not in report
+    assert "| 1.9000 (2.7411 bpc, step 10) |" in report  # best val 1.9 at step 10, in nats and bits
+    with (tmp_path / "results.csv").open() as f:
+        assert [row["kind"] for row in csv.DictReader(f)] == ["run", "run"]
