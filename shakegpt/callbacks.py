@@ -45,7 +45,7 @@ def best_val_loss(trainer: L.Trainer) -> float | None:
 class EvalReport(L.Callback):
     """After every evaluation: prints `step N: train loss X, val loss Y (X' / Y' bpc)`, logs both losses (in nats
     and in bits per character) and the best val loss so far to the loggers, and appends them to a CSV file that
-    reports read back. Also logs the training batch loss every log_every_n_steps steps.
+    reports read back. Also logs the training batch loss and the learning rate every log_every_n_steps steps.
 
     Every evaluation Lightning runs is reported: its pre-training one ('sanity check') runs only when an
     evaluation is due (step 0, or the step a resumed run's checkpoint was taken before)."""
@@ -54,13 +54,14 @@ class EvalReport(L.Callback):
         self.metrics_path = Path(metrics_path)
         self._rows: list[EvalRow] = []
         self._batch_loss: tuple[int, float] | None = None  # the latest logged: (step, loss)
+        self._lr: float | None = None  # and the learning rate of that step's update
         self._start = time.monotonic()
 
     def state_dict(self) -> dict[str, object]:
-        return {"batch_loss": self._batch_loss}
+        return {"batch_loss": self._batch_loss, "lr": self._lr}
 
     def load_state_dict(self, state_dict: dict[str, object]) -> None:
-        self._batch_loss = state_dict.get("batch_loss")
+        self._batch_loss, self._lr = state_dict.get("batch_loss"), state_dict.get("lr")
 
     @rank_zero_only
     def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -68,12 +69,13 @@ class EvalReport(L.Callback):
         # from that step on (the evaluation may have been logged in part); the batch loss of that step was
         # logged whole, and the checkpoint carries it, so it is logged again.
         if self._batch_loss is not None and self._batch_loss[0] == trainer.global_step > 0:
-            self._log_batch_loss(trainer, *self._batch_loss)
+            self._log_batch_loss(trainer, *self._batch_loss, self._lr)
 
-    def _log_batch_loss(self, trainer: L.Trainer, step: int, loss: float) -> None:
-        self._batch_loss = (step, loss)
+    def _log_batch_loss(self, trainer: L.Trainer, step: int, loss: float, lr: float | None) -> None:
+        self._batch_loss, self._lr = (step, loss), lr
+        metrics = {"train/batch_loss": loss} if lr is None else {"train/batch_loss": loss, "train/lr": lr}
         for logger in trainer.loggers:
-            logger.log_metrics({"train/batch_loss": loss}, step=step)
+            logger.log_metrics(metrics, step=step)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # A resumed run goes on with the rows its checkpoint covers (the entry point dropped any later ones),
@@ -86,7 +88,9 @@ class EvalReport(L.Callback):
         # Logged here rather than through self.log, which writes after every callback: a run stopped at the end
         # of this step by the checkpoint callback would otherwise never log it.
         if trainer.global_step % trainer.log_every_n_steps == 0:
-            self._log_batch_loss(trainer, trainer.global_step, float(outputs["loss"]))
+            # The schedule has stepped already: the lr of update number global_step, the next one.
+            lr = trainer.optimizers[0].param_groups[0]["lr"]
+            self._log_batch_loss(trainer, trainer.global_step, float(outputs["loss"]), lr)
 
     @rank_zero_only
     def on_validation_end(self, trainer: L.Trainer, pl_module: GPTModule) -> None:

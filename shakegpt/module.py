@@ -15,6 +15,7 @@ from shakegpt.model import GPT, GPTConfig, KVCacheMode
 from shakegpt.tokenizer import CharTokenizer
 
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
+ScheduleFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler | None]
 
 
 class GPTModule(L.LightningModule):
@@ -24,14 +25,22 @@ class GPTModule(L.LightningModule):
     so a checkpoint alone rebuilds the model and its tokenizer.
     """
 
-    def __init__(self, model_config: dict[str, Any], vocab: str, optimizer: OptimizerFactory | None = None) -> None:
+    def __init__(
+        self,
+        model_config: dict[str, Any],
+        vocab: str,
+        optimizer: OptimizerFactory | None = None,
+        lr_schedule: ScheduleFactory | None = None,
+    ) -> None:
         super().__init__()
         # The entry point logs the whole run config as hyperparameters; these are for checkpoints.
-        self.save_hyperparameters(ignore=["optimizer"], logger=False)
+        self.save_hyperparameters(ignore=["optimizer", "lr_schedule"], logger=False)
         self.model = GPT(GPTConfig(**model_config))
         self.tokenizer = CharTokenizer(vocab)
         # From the optimizer config group (conf/optimizer/); none when the module only samples.
         self.optimizer_factory = optimizer
+        # From conf/lr_schedule/: a scheduler stepped after every optimizer update, or none (a constant lr).
+        self.lr_schedule = lr_schedule
         # Mean loss per split at the latest evaluation; the val dataloaders come in this order.
         self.splits = ("train", "val")
         self.eval_losses: dict[str, float] = {}
@@ -39,9 +48,13 @@ class GPTModule(L.LightningModule):
 
     @classmethod
     def from_model(
-        cls, config: GPTConfig, tokenizer: CharTokenizer, optimizer: OptimizerFactory | None = None
+        cls,
+        config: GPTConfig,
+        tokenizer: CharTokenizer,
+        optimizer: OptimizerFactory | None = None,
+        lr_schedule: ScheduleFactory | None = None,
     ) -> GPTModule:
-        return cls(asdict(config), tokenizer.vocab, optimizer)
+        return cls(asdict(config), tokenizer.vocab, optimizer, lr_schedule)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         _, loss = self.model(*batch)
@@ -95,10 +108,14 @@ class GPTModule(L.LightningModule):
         if "cuda" in states and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(states["cuda"])
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
         if self.optimizer_factory is None:
             raise ShakeGPTError("GPTModule was built without an optimizer (optimizer=...), so it cannot train")
-        return self.optimizer_factory(self.parameters())
+        optimizer = self.optimizer_factory(self.parameters())
+        scheduler = self.lr_schedule(optimizer) if self.lr_schedule is not None else None
+        if scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def sample(
         self,

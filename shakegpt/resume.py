@@ -208,8 +208,9 @@ def check_same_settings(path: Path, saved: dict[str, Any] | None, settings: dict
     if saved is None:
         return  # a checkpoint from before settings were recorded
     before, now = _flatten("", saved), _flatten("", settings)
+    # A setting the checkpoint does not name came after it was written (a new option at its default then).
     changed = [
-        f"{key}={now.get(key)!r} (was {before.get(key)!r})" for key in sorted(now) if now[key] != before.get(key)
+        f"{key}={now[key]!r} (was {before[key]!r})" for key in sorted(now) if before.get(key, now[key]) != now[key]
     ]
     if changed:
         raise ShakeGPTError(

@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 def flat_hparams(cfg: DictConfig) -> dict[str, object]:
     """The run's settings as flat key/value pairs for TensorBoard's HParams tab."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    container = {key: resolved[key] for key in ("model", "data", "optimizer", "trainer", "hardware", "seed")}
+    keys = ("model", "data", "optimizer", "lr_schedule", "trainer", "hardware", "seed")
+    container = {key: resolved[key] for key in keys}
     # The hardware group's accelerator, devices and precision are defaults for the trainer's, which took effect.
     container["hardware"] = {key: v for key, v in container["hardware"].items() if key not in resolved["trainer"]}
     flat: dict[str, object] = {}
@@ -86,7 +87,9 @@ def build(
     datamodule.prepare_data()
     datamodule.setup("fit")
     model_config = GPTConfig(vocab_size=datamodule.tokenizer.vocab_size, **cfg.model)
-    module = GPTModule.from_model(model_config, datamodule.tokenizer, instantiate(cfg.optimizer))
+    module = GPTModule.from_model(
+        model_config, datamodule.tokenizer, instantiate(cfg.optimizer), instantiate(cfg.lr_schedule)
+    )
     if cfg.hardware.compile:
         module.model.compile()  # in place, so checkpoint keys stay free of `_orig_mod.`
 

@@ -5,7 +5,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from shakegpt import hardware, launch  # noqa: F401  (launch registers the resolvers conf/ uses)
+from shakegpt import hardware, launch  # noqa: F401  (they register the resolvers conf/ uses)
 from shakegpt.errors import ShakeGPTError
 from shakegpt.hardware import check_accelerator, cpu_precision
 from shakegpt.model import GPT, GPTConfig
@@ -48,6 +48,26 @@ def test_experiment_presets_are_the_table_rows(preset, n_layer, max_steps, param
     assert (cfg.model.n_layer, cfg.model.n_head, cfg.trainer.max_steps) == (n_layer, n_layer, max_steps)
     assert (cfg.trainer.val_check_interval, cfg.trainer.limit_val_batches, cfg.model.dropout) == (500, 200, 0.2)
     assert GPT(GPTConfig(vocab_size=65, **cfg.model)).num_parameters() == parameters
+
+
+def test_the_nanogpt_preset_is_its_shakespeare_char_config():
+    cfg = composed("experiment=nanogpt")
+    assert (cfg.model.n_layer, cfg.model.n_head, cfg.model.n_embd, cfg.model.dropout) == (6, 6, 384, 0.2)
+    assert (cfg.data.batch_size, cfg.data.block_size, cfg.trainer.max_steps) == (64, 256, 5000)
+    assert (cfg.optimizer.lr, list(cfg.optimizer.betas), cfg.optimizer.weight_decay) == (1e-3, [0.9, 0.99], 0.1)
+    schedule = cfg.lr_schedule
+    assert (schedule.warmup_steps, schedule.decay_steps, schedule.min_lr) == (100, 5000, 1e-4)
+    assert (cfg.trainer.gradient_clip_val, cfg.trainer.val_check_interval) == (1.0, 250)
+    model = GPT(GPTConfig(vocab_size=65, **cfg.model))
+    optimizer = instantiate(cfg.optimizer, fused=None)(model.parameters())
+    scheduler = instantiate(cfg.lr_schedule)(optimizer)
+    lrs = []
+    for _ in range(101):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[0] == pytest.approx(1e-3 / 101) and lrs[100] == pytest.approx(1e-3)
+    assert composed().lr_schedule._target_ == "shakegpt.optim.constant"  # the default: the classic constant lr
 
 
 def test_quick_preset_is_small():

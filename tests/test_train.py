@@ -15,6 +15,7 @@ from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
 from shakegpt.data import TINYSHAKESPEARE
 from shakegpt.generate import load_module
+from shakegpt.optim import warmup_cosine_lr
 from shakegpt.rundir import remove_unstarted
 
 from .conftest import TINY, run_module
@@ -211,3 +212,16 @@ def test_only_a_folder_holding_nothing_but_a_runs_setup_is_removed(tmp_path):
     (tmp_path / "run" / "notes.txt").unlink()
     assert remove_unstarted(tmp_path / "run")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_cosine_schedule_sets_and_logs_the_lr_of_every_step(tmp_path):
+    schedule = ("lr_schedule=cosine", "lr_schedule.warmup_steps=5", "lr_schedule.min_lr=1e-5", "optimizer.lr=1e-3")
+    proc = run_module(
+        "shakegpt.train", *TINY, *schedule, "trainer.log_every_n_steps=1", f"hydra.run.dir={tmp_path}", cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    logged = {event.step: event.value for event in events(tmp_path).Scalars("train/lr")}
+    assert sorted(logged) == list(range(1, 21))
+    # At step s (s updates done) the lr of the next update, number s; decay_steps follows trainer.max_steps (20).
+    expected = {step: warmup_cosine_lr(step, 1e-3, 1e-5, 5, 20) for step in logged}
+    assert logged == pytest.approx(expected, rel=1e-5)
