@@ -3,29 +3,71 @@
 from __future__ import annotations
 
 import functools
+import json
 import math
+import os
+import platform
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
 
 from shakegpt.errors import ShakeGPTError
+from shakegpt.user_cache import user_cache_dir
 
 # bf16-mixed pays for its casts only where bf16 matmuls are well ahead of fp32 ones (docs/performance.md).
 BF16_SPEEDUP_NEEDED = 1.5
+PRECISION_FILE = "cpu_precision.json"
 
 
 @functools.cache
 def cpu_precision() -> str:
     """bf16-mixed where this CPU multiplies bf16 matrices at least BF16_SPEEDUP_NEEDED times as fast as fp32
     ones, else 32-true. The CPU's flags are not enough: one with AVX-512 BF16 measured 2.1x (bf16 trains
-    faster there), another 0.55x (fp32 trains 1.4x faster there). Measured once per process, in about 0.1 s."""
+    faster there), another 0.55x (fp32 trains 1.4x faster there).
+
+    Measured once per machine (CPU model, torch version, threads), in about 0.1 s, and kept in the user cache,
+    so every run, sweep job and resume on the machine trains in the same precision: measured in each process,
+    the choice flipped when other work loaded the machine, and a resumed run drifted from its first part.
+    Delete the file (its path is in the README) to measure again."""
+    path = user_cache_dir() / PRECISION_FILE
+    key = f"{cpu_model()}; torch {torch.__version__}; {torch.get_num_threads()} threads"
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key not in known:
+        known[key] = measured_cpu_precision()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=path.name, delete=False) as tmp:
+                json.dump(known, tmp, indent=2)
+            os.replace(tmp.name, path)
+        except OSError:
+            pass  # a read-only home: measured again by the next process
+    return known[key]
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def measured_cpu_precision(rounds: int = 7) -> str:
     try:
         if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
             return "32-true"  # emulated bf16: slower than fp32 everywhere
     except (AttributeError, RuntimeError):
         return "32-true"
-    speed = {dtype: matmul_gflops(dtype) for dtype in (torch.float32, torch.bfloat16)}
+    # Alternated, best of each: a burst of other work slows both alike instead of one.
+    speed = {torch.float32: 0.0, torch.bfloat16: 0.0}
+    for _ in range(rounds):
+        for dtype in speed:
+            speed[dtype] = max(speed[dtype], matmul_gflops(dtype, repeats=1))
     return "bf16-mixed" if speed[torch.bfloat16] >= BF16_SPEEDUP_NEEDED * speed[torch.float32] else "32-true"
 
 

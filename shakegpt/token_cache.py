@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from shakegpt.errors import ShakeGPTError
+from shakegpt.user_cache import user_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +53,6 @@ def id_dtype(vocab_size: int) -> np.dtype:
     raise AssertionError("Unicode has fewer than 2**32 code points")
 
 
-def user_cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "shakegpt" / "tokens"
-
-
 def writable(folder: Path) -> bool:
     # The mode bits too: root passes os.access on any folder, and would write into a dataset folder
     # that was made read-only on purpose.
@@ -67,7 +64,7 @@ def cache_stem(corpus: Path, cache_dir: str | Path | None) -> Path:
     cache_dir is given; else in cache_dir (or the user's cache), named apart from same-named corpora elsewhere."""
     if cache_dir is None and writable(corpus.parent):
         return corpus.parent / corpus.name
-    folder = Path(cache_dir).expanduser() if cache_dir is not None else user_cache_dir()
+    folder = Path(cache_dir).expanduser() if cache_dir is not None else user_cache_dir() / "tokens"
     return folder / f"{corpus.name}-{hashlib.sha1(str(corpus).encode()).hexdigest()[:8]}"
 
 

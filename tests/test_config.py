@@ -1,5 +1,7 @@
 """The composed configuration: defaults, presets and hardware groups, through Hydra's compose API."""
 
+import json
+
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -98,14 +100,27 @@ def test_hardware_presets(hardware, accelerator, precision):
 
 
 @pytest.mark.parametrize(("bf16_speed", "precision"), [(140.0, "32-true"), (160.0, "bf16-mixed"), (55.0, "32-true")])
-def test_cpu_precision_follows_the_measured_matmul_speeds(monkeypatch, bf16_speed, precision):
+def test_cpu_precision_follows_the_measured_matmul_speeds_once_per_machine(
+    monkeypatch, tmp_path, bf16_speed, precision
+):
     if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         pytest.skip("this CPU has no native bf16: always 32-true")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     speeds = {torch.float32: 100.0, torch.bfloat16: bf16_speed}
-    monkeypatch.setattr(hardware, "matmul_gflops", lambda dtype: speeds[dtype])
+    monkeypatch.setattr(hardware, "matmul_gflops", lambda dtype, repeats: speeds[dtype])
     hardware.cpu_precision.cache_clear()
     try:
         assert hardware.cpu_precision() == precision
+        # Another process on this machine (a resume, a sweep job) takes the recorded choice without measuring,
+        # however the machine is loaded then.
+        hardware.cpu_precision.cache_clear()
+        monkeypatch.setattr(
+            hardware,
+            "matmul_gflops",
+            lambda dtype, repeats: speeds[torch.float32 if dtype == torch.bfloat16 else torch.bfloat16],
+        )
+        assert hardware.cpu_precision() == precision
+        assert list(json.loads((tmp_path / "shakegpt" / "cpu_precision.json").read_text()).values()) == [precision]
     finally:
         hardware.cpu_precision.cache_clear()
 
