@@ -9,6 +9,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -39,6 +40,14 @@ def best_val_loss(trainer: L.Trainer) -> float | None:
     for callback in trainer.callbacks:
         if isinstance(callback, RunCheckpoints) and math.isfinite(callback.best_val_loss):
             return callback.best_val_loss
+    return None
+
+
+def early_stopper(trainer: L.Trainer) -> EarlyStopping | None:
+    """The early-stopping callback if it ended this run before trainer.max_steps."""
+    for callback in trainer.callbacks:
+        if isinstance(callback, EarlyStopping) and callback.wait_count >= callback.patience:
+            return callback if trainer.global_step < trainer.max_steps else None
     return None
 
 
@@ -257,12 +266,21 @@ class RunRecord(L.Callback):
 
     @rank_zero_only
     def on_fit_end(self, trainer: L.Trainer, pl_module: GPTModule) -> None:
+        stopper = early_stopper(trainer)
         status = "finished" if self.diverged_at is None else "diverged"
+        if stopper is not None and status == "finished":
+            status = "stopped early"
         write_record(
             self.path,
             status=status,
             best_val_loss=best_val_loss(trainer),
             diverged_at=self.diverged_at,
+            stop_reason=(
+                f"the val loss did not improve by more than {abs(stopper.min_delta):g} for {stopper.patience} "
+                f"evaluations in a row (callbacks.early_stopping.patience)"
+                if stopper is not None
+                else None
+            ),
             **self._progress(trainer),
         )
 

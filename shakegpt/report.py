@@ -268,6 +268,8 @@ def markdown(runs: list[Run], rows: list[dict[str, Any]], shared: list[str], gro
         lines += [f"## `{run.label}`", ""]
         if run.record.get("error"):
             lines += [f"Failed: `{run.record['error']}`", ""]
+        if run.status == "stopped early":
+            lines += [f"Stopped early at step {run.record.get('steps')}: {run.record.get('stop_reason')}.", ""]
         if run.evals:
             best_step = run.best[0]
             lines += ["| step | train loss | val loss | train bpc | val bpc |", "|---:|---:|---:|---:|---:|"]
@@ -388,7 +390,7 @@ class SweepReport(Callback):
         except (ShakeGPTError, OSError, ValueError) as err:  # a report must never fail the sweep itself
             log.warning("No sweep report: %s", err)
             return
-        failed = [run.label for run in runs if run.status != "finished"]
+        failed = [run.label for run in runs if run.status not in ("finished", "stopped early")]
         if failed:
             log.warning("%d job(s) did not finish: %s (see report.md)", len(failed), "; ".join(failed))
 

@@ -3,8 +3,8 @@
 No torch or Lightning here, so reports and tools that only read run folders start fast.
 
     <run folder>/
-      run.json                  what ran, how fast, and how it ended (status: running, finished, diverged,
-                                interrupted, failed)
+      run.json                  what ran, how fast, and how it ended (status: running, finished, stopped
+                                early, diverged, interrupted, failed)
       metrics.csv               one row per evaluation: step, train loss, val loss, elapsed seconds
       samples/step_NNNNNN.txt   a short sample after each evaluation; samples/final.txt after training
       checkpoints/last.ckpt     where the run continues from; checkpoints/best.ckpt, the lowest val loss

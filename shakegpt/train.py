@@ -107,14 +107,16 @@ def build(
 def train(cfg: DictConfig) -> float:
     """Fit one model as the config says; returns the best val loss, the metric sweeps optimise.
 
-    With resume=true, a run folder whose run finished (at trainer.max_steps or beyond) is skipped, its best val
-    loss returned, and one whose run was interrupted continues from its last checkpoint: re-running a sweep
-    into its folder redoes no work.
+    With resume=true, a run folder whose run finished (at trainer.max_steps or beyond, or stopped early) is
+    skipped, its best val loss returned, and one whose run was interrupted continues from its last checkpoint:
+    re-running a sweep into its folder redoes no work.
     """
     output_dir = Path(cfg.paths.output_dir)
     check_settings(cfg)
     record = read_record(output_dir / RUN_RECORD)
-    done = record.get("status") in ("finished", "diverged") and record.get("steps", 0) >= cfg.trainer.max_steps
+    done = record.get("status") == "stopped early" or (
+        record.get("status") in ("finished", "diverged") and record.get("steps", 0) >= cfg.trainer.max_steps
+    )
     if cfg.resume and done and not cfg.ckpt_path:
         log.info("%s finished already; skipped (resume=true)", output_dir)
         return float(record.get("best_val_loss") or float("nan"))

@@ -16,6 +16,7 @@ from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from shakegpt.data import TINYSHAKESPEARE
 from shakegpt.generate import load_module
 from shakegpt.optim import warmup_cosine_lr
+from shakegpt.report import write_report
 from shakegpt.rundir import remove_unstarted
 
 from .conftest import TINY, run_module
@@ -225,3 +226,25 @@ def test_a_cosine_schedule_sets_and_logs_the_lr_of_every_step(tmp_path):
     # At step s (s updates done) the lr of the next update, number s; decay_steps follows trainer.max_steps (20).
     expected = {step: warmup_cosine_lr(step, 1e-3, 1e-5, 5, 20) for step in logged}
     assert logged == pytest.approx(expected, rel=1e-5)
+
+
+def test_early_stopping_ends_a_run_that_stops_improving_and_says_so(tmp_path):
+    folder = tmp_path / "run"
+    # No evaluation improves by 10 nats: the first counts as the best (from infinity), the next two do not.
+    stopping = (
+        "early_stopping=on",
+        "callbacks.early_stopping.patience=2",
+        "callbacks.early_stopping.min_delta=10",
+        "trainer.max_steps=200",
+    )
+    proc = run_module("shakegpt.train", *TINY, *stopping, f"hydra.run.dir={folder}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [step for step, _, _ in eval_lines(proc.stdout)] == [0, 10, 20, 30]
+    record = json.loads((folder / "run.json").read_text())
+    assert (record["status"], record["steps"]) == ("stopped early", 30)
+    assert "did not improve by more than 10 for 2 evaluations" in record["stop_reason"]
+    best = torch.load(folder / "checkpoints" / "best.ckpt", weights_only=True)
+    assert best["global_step"] == min(eval_lines(proc.stdout)[1:], key=lambda row: row[2])[0]
+    again = run_module("shakegpt.train", *TINY, *stopping, f"hydra.run.dir={folder}", "resume=true", cwd=tmp_path)
+    assert "finished already; skipped" in again.stdout + again.stderr
+    assert "Stopped early at step 30" in write_report([folder], tmp_path / "report").read_text()
