@@ -19,6 +19,7 @@ from shakegpt.config_dir import config_dir
 from shakegpt.errors import ShakeGPTError
 from shakegpt.generate import load_module
 from shakegpt.hardware import check_accelerator
+from shakegpt.launch import accepting_pasted_folders
 from shakegpt.rundir import losses_text
 
 CONFIG_DIR = config_dir()
@@ -50,6 +51,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     return module.eval_losses
 
 
+@accepting_pasted_folders
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     try:

@@ -12,6 +12,7 @@ from shakegpt.checkpoint import read_checkpoint, resolve_checkpoint
 from shakegpt.config_dir import config_dir
 from shakegpt.errors import ShakeGPTError
 from shakegpt.hardware import pick_device
+from shakegpt.launch import accepting_pasted_folders
 from shakegpt.model import KVCacheMode
 from shakegpt.module import GPTModule
 from shakegpt.rundir import BEST_CHECKPOINT
@@ -49,6 +50,7 @@ def check_options(cfg: DictConfig) -> None:
         raise ShakeGPTError(f"kv_cache must be one of {', '.join(get_args(KVCacheMode))}, got {cfg.kv_cache!r}")
 
 
+@accepting_pasted_folders
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="generate")
 def main(cfg: DictConfig) -> None:
     try:

@@ -2,6 +2,7 @@
 shakegpt.train. Each piece is here because one of those tools, left alone, does the wrong thing for us:
 
 - the `pid` resolver that conf/ uses (run folder names);
+- `accepting_pasted_folders`: Hydra's grammar reads the '=' and ',' of sweep job folder names in `ckpt_path=`;
 - `OutputDirCheck`: Hydra shows a traceback when it cannot create the run folder;
 - `launchable_job`: Lightning's DDP launcher re-runs the whole command line, which in a multirun is the sweep;
 - `run_job`: the run folder's lock, and what a failure or an interruption does to a run and to a sweep;
@@ -12,6 +13,7 @@ shakegpt.train. Each piece is here because one of those tools, left alone, does 
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -21,6 +23,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -142,6 +145,31 @@ def hydra_value(value: object) -> str:
     job's folder name holds '=' and ',')."""
     text = str(value)
     return text if re.fullmatch(r"[\w./~+-]*", text) else "'" + text.replace("'", "\\'") + "'"
+
+
+def quote_path_overrides(argv: list[str]) -> list[str]:
+    """argv with each ckpt_path value quoted for Hydra where it holds characters Hydra's grammar reads."""
+    return [
+        f"ckpt_path={hydra_value(arg.split('=', 1)[1])}"
+        if arg.startswith("ckpt_path=") and not arg.startswith(("ckpt_path='", 'ckpt_path="'))
+        else arg
+        for arg in argv
+    ]
+
+
+def accepting_pasted_folders(entry: Callable[..., Any]) -> Callable[..., Any]:
+    """Wraps a @hydra.main entry point so that `ckpt_path=` takes any folder the project printed, as it is:
+    a sweep job's folder is named by its overrides (model.n_layer=2,seed=1), whose '=' and ',' Hydra would
+    read as syntax. Like Hydra's own wrapper, it passes a config through (launchers that pickle the task call
+    the module's main with one)."""
+
+    @functools.wraps(entry)
+    def main(cfg_passthrough: DictConfig | None = None) -> Any:
+        if cfg_passthrough is None:
+            sys.argv = quote_path_overrides(sys.argv)
+        return entry(cfg_passthrough)
+
+    return main
 
 
 def resume_command(output_dir: Path) -> str:

@@ -18,7 +18,7 @@ from shakegpt.checkpoint import check_resumable
 from shakegpt.config_dir import config_dir
 from shakegpt.errors import ShakeGPTError
 from shakegpt.hardware import check_accelerator
-from shakegpt.launch import run_job, save_run_config, wait_for_ranks
+from shakegpt.launch import accepting_pasted_folders, run_job, save_run_config, wait_for_ranks
 from shakegpt.model import GPTConfig
 from shakegpt.module import GPTModule
 from shakegpt.resume import AtomicCheckpointIO, StartPoint, start_point
@@ -137,6 +137,7 @@ def train(cfg: DictConfig) -> float:
     return best if best is not None else float("nan")
 
 
+@accepting_pasted_folders
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """One training run (a sweep's job), with the launch plumbing around it (shakegpt.launch.run_job)."""

@@ -119,6 +119,14 @@ def test_generate_cli_samples_from_a_run_folder(run, tmp_path):
     assert list(tmp_path.iterdir()) == []  # sampling writes nothing
 
 
+def test_a_sweep_jobs_folder_is_pasted_into_ckpt_path_as_it_is(sweep, tmp_path):
+    folder, _ = sweep
+    job = folder / f"{LABEL},model.n_layer=1"  # '=' and ',' in the name, which Hydra's grammar reads
+    proc = run_module("shakegpt.generate", f"ckpt_path={job}", "max_new_tokens=10", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout) >= 10
+
+
 def test_generate_names_unknown_prompt_characters(run, tmp_path):
     folder, _ = run
     proc = run_module("shakegpt.generate", f"ckpt_path={folder}", "prompt='ROMEO#'", cwd=tmp_path)
