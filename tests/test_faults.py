@@ -31,6 +31,9 @@ from shakegpt.train import check_settings
 
 from .conftest import ROOT, TINY, run_module
 
+# Real runs in subprocesses, stopped by real signals: seconds each (`pytest -m "not slow"` leaves them out).
+pytestmark = pytest.mark.slow
+
 # 30 steps, evaluations at 0, 10, 20, 30 long enough (100 batches per split) to be interrupted in the middle.
 SETTINGS = [*TINY, "trainer.max_steps=30", "trainer.limit_val_batches=100", "callbacks.progress_bar.refresh_rate=1"]
 

@@ -5,7 +5,12 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
 from .conftest import ROOT, TINY
+
+# A wheel built and installed, its commands run: seconds each (`pytest -m "not slow"` leaves them out).
+pytestmark = pytest.mark.slow
 
 
 def test_the_wheel_carries_its_config_and_its_commands_run_from_anywhere(tmp_path):

@@ -35,6 +35,7 @@ def test_softmax_cross_entropy_of_uniform_logits_is_log_10():
     np.testing.assert_allclose(grad.sum(axis=1), 0, atol=1e-12)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("model", "args", "floor"), [("numpy", ["model.epochs=2"], 0.85), ("torch", ["model.epochs=1"], 0.6)]
 )
@@ -49,6 +50,7 @@ def test_each_model_learns_on_a_subset(tmp_path, model, args, floor):
     assert list(run.glob("events.out.tfevents.*"))
 
 
+@pytest.mark.slow
 def test_missing_mnist_offline_says_where_it_looked(tmp_path):
     proc = run_module("mnist.train", "download=false", cwd=tmp_path, env={"DATA_DIR": str(tmp_path / "nowhere")})
     assert proc.returncode == 1

@@ -10,6 +10,7 @@ from shakegpt.report import main as report_main
 from shakegpt.rundir import EvalRow, write_metrics, write_record
 
 
+@pytest.mark.slow  # the sweep fixture: a real sweep
 def test_sweep_end_writes_a_report_with_a_row_per_job(sweep):
     folder, _ = sweep
     report = (folder / "report.md").read_text()
@@ -24,6 +25,7 @@ def test_sweep_end_writes_a_report_with_a_row_per_job(sweep):
         assert (folder / png).stat().st_size > 10_000
 
 
+@pytest.mark.slow  # the sweep fixture: a real sweep
 def test_results_csv_holds_the_table(sweep, tmp_path):
     folder, _ = sweep
     write_report([folder], tmp_path)
@@ -36,6 +38,7 @@ def test_results_csv_holds_the_table(sweep, tmp_path):
     assert int(rows[0]["last_step"]) == 20 and float(rows[0]["tokens_per_s"]) > 0
 
 
+@pytest.mark.slow  # the sweep fixture: a real sweep
 def test_a_single_run_folder_reports_too(sweep, tmp_path):
     folder, _ = sweep
     report = write_report([folder / "experiment=smoke,hardware=cpu,model.n_layer=1"], tmp_path)

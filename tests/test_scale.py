@@ -18,6 +18,9 @@ from shakegpt.hardware import check_accelerator
 
 from .conftest import ROOT, TINY, run_module
 
+# Real DDP runs, sweeps and launchers, in subprocesses: seconds each (`pytest -m "not slow"` leaves them out).
+pytestmark = pytest.mark.slow
+
 LABEL = "experiment=smoke,hardware=cpu"
 
 

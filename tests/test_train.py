@@ -21,6 +21,10 @@ from shakegpt.rundir import remove_unstarted
 
 from .conftest import TINY, run_module
 
+# The real training, sampling and evaluation entry points, in subprocesses: seconds each
+# (`pytest -m "not slow"` leaves them out).
+pytestmark = pytest.mark.slow
+
 # Job folders are named by all of a job's overrides, in Hydra's order (sorted by key).
 LABEL = "experiment=smoke,hardware=cpu"
 
