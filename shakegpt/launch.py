@@ -59,6 +59,8 @@ KNOWN_NOISE = (
     "The `srun` command is available on your system but is not used",
     # An advertisement.
     "try installing [litlogger]",
+    # On every resume: our loaders resume by themselves, from the trainer's step (exact; tests/test_faults.py).
+    "You're resuming from a checkpoint that ended before the epoch ended",
 )
 
 

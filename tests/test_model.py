@@ -63,6 +63,7 @@ def test_cpu_attention_with_dropout_is_sdpa_where_nothing_is_dropped():
         torch.testing.assert_close(grad, expected_grad)
 
 
+@pytest.mark.slow  # a float64 gradcheck across chunks: tens of seconds on 2 cores
 def test_cpu_attention_gradients_with_dropout_are_exact(monkeypatch):
     """The backward pass (recomputing the dropped probabilities, chunk by chunk) against finite differences."""
     monkeypatch.setattr(cpu_kernels, "CHUNK_SCORES", 2 * 3 * 6 * 6)  # two sequences per chunk, three chunks
