@@ -196,20 +196,19 @@ class CharDataModule(L.LightningDataModule):
     def _rank(self) -> int:
         return self.trainer.global_rank if self.trainer is not None else 0
 
-    def _loader(self, dataset: RandomWindows) -> DataLoader:
+    def _loader(self, tokens: np.ndarray, seed: int, stream: int, start: int, stop: int) -> DataLoader:
+        windows = RandomWindows(
+            tokens, self.block_size, self.batch_size, seed, stream, self._rank(), start, stop, self.translation
+        )
         # A generator of its own: otherwise every new iterator draws from the global RNG, which dropout uses,
         # and a resumed run (which creates iterators at other moments) would drift from an uninterrupted one.
-        return DataLoader(dataset, batch_size=None, pin_memory=self.pin_memory, generator=torch.Generator())
+        return DataLoader(windows, batch_size=None, pin_memory=self.pin_memory, generator=torch.Generator())
 
     def train_dataloader(self) -> DataLoader:
         start, stop = 0, 1_000_000
         if self.trainer is not None and self.trainer.max_steps > 0:
             start, stop = self.trainer.global_step, self.trainer.max_steps
-        windows = RandomWindows(
-            self.train_tokens, self.block_size, self.batch_size, self.seed, 0, self._rank(), start, stop,
-            self.translation,
-        )  # fmt: skip
-        return self._loader(windows)
+        return self._loader(self.train_tokens, self.seed, 0, start, stop)
 
     def val_dataloader(self) -> list[DataLoader]:
         """One loader per split; each evaluation restarts them, so every evaluation sees the same batches."""
@@ -217,18 +216,6 @@ class CharDataModule(L.LightningDataModule):
         if not isinstance(n_batches, int):
             raise ShakeGPTError(f"trainer.limit_val_batches is the number of eval batches per split, got {n_batches}")
         return [
-            self._loader(
-                RandomWindows(
-                    tokens,
-                    self.block_size,
-                    self.batch_size,
-                    self.eval_seed,
-                    stream,
-                    self._rank(),
-                    0,
-                    n_batches,
-                    self.translation,
-                )  # fmt: skip
-            )
+            self._loader(tokens, self.eval_seed, stream, 0, n_batches)
             for stream, tokens in enumerate((self.train_tokens, self.val_tokens), start=1)
         ]
