@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 FORMAT = 1
 CHUNK_BYTES = 16 * 2**20  # of text per step: bounds memory (about 10x this at the peak) whatever the corpus' size
 UNICODE_SIZE = 0x110000  # code points
+CACHE_MODE = 0o644  # readable by everyone who can read the corpus beside it (temporary files start private)
 
 
 @dataclass(frozen=True)
@@ -152,6 +153,7 @@ def build(corpus: Path, ids_path: Path, record_path: Path) -> dict:
     id_of[vocab_points] = np.arange(len(vocab_points), dtype=dtype)
     n_tokens = 0
     with tempfile.NamedTemporaryFile(dir=ids_path.parent, prefix=ids_path.name, delete=False) as tmp:
+        os.fchmod(tmp.fileno(), CACHE_MODE)
         try:
             for text in text_chunks(corpus):
                 ids = id_of[code_points(text)]
@@ -177,5 +179,6 @@ def build(corpus: Path, ids_path: Path, record_path: Path) -> dict:
 
 def write_atomically(path: Path, text: str) -> None:
     with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=path.name, delete=False, encoding="utf-8") as tmp:
+        os.fchmod(tmp.fileno(), CACHE_MODE)
         tmp.write(text)
     os.replace(tmp.name, path)

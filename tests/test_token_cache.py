@@ -141,3 +141,10 @@ def test_unusable_corpora_fail_in_one_line_and_leave_no_cache(tmp_path, content,
     with pytest.raises(ShakeGPTError, match=message):
         load_tokens(corpus)
     assert cache_files(tmp_path) == ["corpus.txt", "corpus.txt.tokens.lock"]
+
+
+def test_the_cache_is_readable_by_whoever_reads_the_corpus(tmp_path):
+    corpus = write(tmp_path / "corpus.txt", "to be or not to be\n")
+    load_tokens(corpus)
+    for name in ("corpus.txt.tokens", "corpus.txt.tokens.json"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644
