@@ -15,7 +15,7 @@ Contenders alternate round by round; the table gives medians and the median of p
 Generation, batch 1, from one token, fp32: recompute (the classic script's loop and model, in eval mode and
 without autograd, which is kinder to it than the script itself), model_recompute (our GPT, kv_cache=off: the
 same loop on our model), kv_exact and kv_fast (our generate); ratios against recompute.
-Batches: the classic per-row slicing and stacking against RandomWindows' single gather, windows per second.
+Batches: the classic per-row slicing and stacking against RandomWindows' reads by position, windows per second.
 MFU = tokens/s x FLOPs per token / the measured GEMM peak of the contender's precision, with nanoGPT's
 FLOPs per token: 6N + 12 L T C for a training step, a third of that for a forward pass.
 Peak memory: each training contender alone in a fresh process for two steps: the process's peak resident
@@ -50,6 +50,7 @@ from shakegpt.config_dir import config_dir
 from shakegpt.data import RandomWindows
 from shakegpt.hardware import matmul_gflops
 from shakegpt.model import GPT, GPTConfig
+from shakegpt.token_cache import TokenFile
 from shakegpt.train import build
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -194,7 +195,7 @@ def time_lightning_eval(hardware: str, n_layer: int, n_batches: int) -> float:
 
 
 def time_batch_gathering(contender: str, rounds: int = 50) -> float:
-    """Windows per second: the classic per-row slices and stack, or RandomWindows' one gather."""
+    """Windows per second: the classic per-row slices and stack, or RandomWindows' reads from the token cache."""
     tokens = np.random.default_rng(0).integers(VOCAB, size=1_000_000, dtype=np.uint8)  # as the token cache holds it
     if contender == "reference":
         tensor = torch.from_numpy(tokens).long()  # the classic script's int64 tensor of the whole text
@@ -203,7 +204,10 @@ def time_batch_gathering(contender: str, rounds: int = 50) -> float:
             starts = torch.randint(len(tensor) - BLOCK, (BATCH,))
             return torch.stack([tensor[i : i + BLOCK + 1] for i in starts])
     else:
-        windows = RandomWindows(tokens, BLOCK, BATCH, seed=0, stream=0, rank=0, start=0, stop=rounds)
+        folder = Path(tempfile.mkdtemp(prefix="shakegpt-bench-"))
+        tokens.tofile(folder / "ids")  # as the token cache holds them, read by position
+        ids = TokenFile(folder / "ids", tokens.dtype, 0, len(tokens))
+        windows = RandomWindows(ids, BLOCK, BATCH, seed=0, stream=0, rank=0, start=0, stop=rounds)
         draw = partial(windows.batch, 0)
     draw()
     start = time.perf_counter()

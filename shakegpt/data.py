@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from shakegpt.errors import ShakeGPTError
-from shakegpt.token_cache import load_tokens
+from shakegpt.token_cache import TokenFile, load_tokens
 from shakegpt.tokenizer import CharTokenizer
 
 TINYSHAKESPEARE = Path("tinyshakespeare") / "input.txt"
@@ -77,7 +77,7 @@ def locate_corpus(path: str | None, data_dir: str, url: str, sha256: str) -> Pat
     return corpus
 
 
-def split_tokens(tokens: np.ndarray, train_fraction: float, block_size: int) -> tuple[np.ndarray, np.ndarray]:
+def split_tokens(tokens: TokenFile, train_fraction: float, block_size: int) -> tuple[TokenFile, TokenFile]:
     """First train_fraction for training, the rest for validation; each must hold one window."""
     n_train = int(train_fraction * len(tokens))
     train, val = tokens[:n_train], tokens[n_train:]
@@ -95,13 +95,12 @@ class RandomWindows(IterableDataset):
 
     Batch number k is drawn from its own generator, seeded by (seed, stream, rank, k), so a resumed run sees the
     batches the uninterrupted run would have seen, and evaluations that start at k = 0 see the same batches
-    every time. Windows are gathered with one indexing operation, not a Python loop over the batch, from tokens
-    of any integer type (a memory-mapped cache holds them as small as it can).
+    every time. Windows are read from the token cache's file by position, whatever its integer type.
     """
 
     def __init__(
         self,
-        tokens: np.ndarray,
+        tokens: TokenFile,
         block_size: int,
         batch_size: int,
         seed: int,
@@ -115,7 +114,6 @@ class RandomWindows(IterableDataset):
         self.tokens, self.block_size, self.batch_size = tokens, block_size, batch_size
         self.seed, self.stream, self.rank, self.start, self.stop = seed, stream, rank, start, stop
         self.translation = translation  # token id -> the model's id, when the model has another vocabulary
-        self.offsets = torch.arange(block_size + 1)
 
     def __len__(self) -> int:
         # The whole epoch, batches 0 to stop - 1, also when iteration resumes at start: Lightning restores how
@@ -126,7 +124,7 @@ class RandomWindows(IterableDataset):
         # Hashes of int tuples are not randomised between processes, so seeds are stable.
         generator = torch.Generator().manual_seed(hash((self.seed, self.stream, self.rank, k)))
         starts = torch.randint(len(self.tokens) - self.block_size, (self.batch_size,), generator=generator)
-        windows = self.tokens[(starts[:, None] + self.offsets).numpy()]
+        windows = self.tokens.windows(starts.numpy(), self.block_size + 1)
         if self.translation is not None:
             windows = self.translation[windows]
         windows = torch.from_numpy(windows.astype(np.int64))
@@ -171,7 +169,8 @@ class CharDataModule(L.LightningDataModule):
         self.tokenizer: CharTokenizer | None = None
         self.translation: np.ndarray | None = None
         self.corpus: Path | None = None
-        self.train_tokens = self.val_tokens = np.empty(0, dtype=np.uint8)
+        self.train_tokens: TokenFile | None = None
+        self.val_tokens: TokenFile | None = None
 
     def prepare_data(self) -> None:
         """On the first rank only: fetch the corpus if needed and encode it into its token cache."""
@@ -196,7 +195,7 @@ class CharDataModule(L.LightningDataModule):
     def _rank(self) -> int:
         return self.trainer.global_rank if self.trainer is not None else 0
 
-    def _loader(self, tokens: np.ndarray, seed: int, stream: int, start: int, stop: int) -> DataLoader:
+    def _loader(self, tokens: TokenFile, seed: int, stream: int, start: int, stop: int) -> DataLoader:
         windows = RandomWindows(
             tokens, self.block_size, self.batch_size, seed, stream, self._rank(), start, stop, self.translation
         )

@@ -1,5 +1,5 @@
-"""A corpus' characters as token ids, encoded once, stored in the smallest integer type that holds them and
-memory-mapped, so memory stays flat whatever the corpus' size.
+"""A corpus' characters as token ids, encoded once, stored in the smallest integer type that holds them, and
+read by position, so memory stays flat whatever the corpus' size.
 
 The cache is two files beside the corpus (`input.txt.tokens` and its `.json` record), or in another folder when
 the corpus' folder is read-only or `cache_dir` is given. The record names the corpus, its size and modification
@@ -38,12 +38,47 @@ UNICODE_SIZE = 0x110000  # code points
 CACHE_MODE = 0o644  # readable by everyone who can read the corpus beside it (temporary files start private)
 
 
+class TokenFile:
+    """Token ids in a file, positions start to stop, read by position (os.pread) rather than memory-mapped: the
+    pages of a memory map count toward the process' resident memory, and the kernel maps them by the megabyte
+    (10,000 random windows of a 1 GB corpus mapped ~1 GB of it), so a long run's memory would grow to the
+    corpus' size. A window costs one system call, about 2 microseconds."""
+
+    def __init__(self, path: Path, dtype: np.dtype, start: int, stop: int) -> None:
+        self.path, self.dtype, self.start, self.stop = path, np.dtype(dtype), start, stop
+        self._fd: int | None = None
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, positions: slice) -> TokenFile:
+        """Positions start:stop of these (no step), as another view of the same file."""
+        start, stop, _ = positions.indices(len(self))
+        return TokenFile(self.path, self.dtype, self.start + start, self.start + max(start, stop))
+
+    def windows(self, starts: np.ndarray, length: int) -> np.ndarray:
+        """The length ids from each start, one row per start."""
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        size = self.dtype.itemsize
+        rows = [os.pread(self._fd, length * size, (self.start + int(start)) * size) for start in starts]
+        return np.frombuffer(b"".join(rows), dtype=self.dtype).reshape(len(rows), length)
+
+    def read(self) -> np.ndarray:
+        """All of them (for small corpora and tests)."""
+        return self.windows(np.zeros(1, dtype=np.int64), len(self))[0]
+
+    def __del__(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+
+
 @dataclass(frozen=True)
 class Tokens:
     """A corpus as ids into its vocabulary: the corpus' distinct characters in code point order."""
 
     vocab: str
-    ids: np.ndarray  # memory-mapped, read-only, uint8 / uint16 / uint32
+    ids: TokenFile  # uint8 / uint16 / uint32
 
 
 def id_dtype(vocab_size: int) -> np.dtype:
@@ -85,7 +120,7 @@ def load_tokens(corpus: Path, cache_dir: str | Path | None = None) -> Tokens:
             f"cannot write the token cache of {corpus} ({err.strerror}: {err.filename}); "
             f"point data.cache_dir=... at a writable folder"
         ) from None
-    return Tokens(record["vocab"], np.memmap(ids_path, dtype=record["dtype"], mode="r"))
+    return Tokens(record["vocab"], TokenFile(ids_path, np.dtype(record["dtype"]), 0, record["n_tokens"]))
 
 
 @contextmanager

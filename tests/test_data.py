@@ -10,6 +10,7 @@ import torch
 
 from shakegpt.data import CharDataModule, RandomWindows, locate_corpus
 from shakegpt.errors import ShakeGPTError
+from shakegpt.token_cache import TokenFile
 
 SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 UNREACHABLE = "http://127.0.0.1:9/input.txt"  # the discard port: connection refused at once
@@ -23,29 +24,34 @@ def test_shakespeare_splits_ninety_ten(shakespeare_path):
     assert len(dm.val_tokens) == 111_540
 
 
+def token_file(folder, ids: np.ndarray) -> TokenFile:
+    ids.tofile(folder / "ids")
+    return TokenFile(folder / "ids", ids.dtype, 0, len(ids))
+
+
 def windows(tokens, **kw) -> RandomWindows:
     args = {"block_size": 8, "batch_size": 4, "seed": 1, "stream": 0, "rank": 0, "start": 0, "stop": 10, **kw}
     return RandomWindows(tokens, **args)
 
 
-def test_batches_are_shifted_windows_of_the_corpus():
-    tokens = np.arange(100, dtype=np.uint8)
+def test_batches_are_shifted_windows_of_the_corpus(tmp_path):
+    tokens = token_file(tmp_path, np.arange(100, dtype=np.uint8))
     x, y = next(iter(windows(tokens)))
     assert x.shape == y.shape == (4, 8)
     assert torch.equal(y[:, :-1], x[:, 1:])
     assert torch.equal(x[:, 1:] - x[:, :-1], torch.ones(4, 7, dtype=torch.long))  # contiguous windows
 
 
-def test_batch_k_is_the_same_whatever_step_the_loader_starts_from():
-    tokens = np.arange(1000, dtype=np.uint16)
+def test_batch_k_is_the_same_whatever_step_the_loader_starts_from(tmp_path):
+    tokens = token_file(tmp_path, np.arange(1000, dtype=np.uint16))
     from_zero = list(windows(tokens))
     resumed = list(windows(tokens, start=6))
     assert len(resumed) == 4 and len(windows(tokens, start=6)) == 10  # the epoch stays 10 batches long
     assert all(torch.equal(a[0], b[0]) for a, b in zip(from_zero[6:], resumed, strict=True))
 
 
-def test_ranks_and_seeds_draw_different_batches():
-    tokens = np.arange(1000, dtype=np.uint16)
+def test_ranks_and_seeds_draw_different_batches(tmp_path):
+    tokens = token_file(tmp_path, np.arange(1000, dtype=np.uint16))
     base = next(iter(windows(tokens)))[0]
     assert not torch.equal(base, next(iter(windows(tokens, rank=1)))[0])
     assert not torch.equal(base, next(iter(windows(tokens, seed=2)))[0])

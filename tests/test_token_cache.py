@@ -31,9 +31,21 @@ def distinct_characters(n):
 def test_ids_take_the_smallest_type_and_decode_back_to_the_text(tmp_path, n_chars, dtype):
     text = distinct_characters(n_chars - 1) * 2 + "\n"  # n_chars distinct with the line break
     tokens = load_tokens(write(tmp_path / "corpus.txt", text))
-    assert tokens.ids.dtype == np.dtype(dtype) and isinstance(tokens.ids, np.memmap)
+    assert tokens.ids.dtype == np.dtype(dtype) and (
+        tokens.ids.path.stat().st_size == len(text) * tokens.ids.dtype.itemsize
+    )
     assert tokens.vocab == "".join(sorted(set(text)))
-    assert CharTokenizer(tokens.vocab).decode(tokens.ids.tolist()) == text
+    assert CharTokenizer(tokens.vocab).decode(tokens.ids.read().tolist()) == text
+
+
+def test_windows_and_slices_read_the_right_positions(tmp_path):
+    text = distinct_characters(300) * 3
+    tokens = load_tokens(write(tmp_path / "corpus.txt", text))
+    ids = tokens.ids.read()
+    tail = tokens.ids[500:]
+    assert len(tail) == len(text) - 500 and tail.read().tolist() == ids[500:].tolist()
+    rows = tail.windows(np.array([0, 7, 395]), 5)
+    assert rows.tolist() == [ids[500 + start : 505 + start].tolist() for start in (0, 7, 395)]
 
 
 def test_characters_split_between_reads_are_encoded_whole(tmp_path, monkeypatch):
@@ -41,7 +53,7 @@ def test_characters_split_between_reads_are_encoded_whole(tmp_path, monkeypatch)
     text = "Ünïcode 🎭 verse, line ☙ after line.\n" * 5
     tokens = load_tokens(write(tmp_path / "corpus.txt", text))
     tokenizer = CharTokenizer.from_text(text)
-    assert tokens.vocab == tokenizer.vocab and tokens.ids.tolist() == tokenizer.encode(text)
+    assert tokens.vocab == tokenizer.vocab and tokens.ids.read().tolist() == tokenizer.encode(text)
 
 
 def test_the_cache_sits_beside_the_corpus_and_is_reused(tmp_path, caplog):
@@ -80,7 +92,7 @@ def test_a_stale_or_broken_cache_is_rebuilt(tmp_path, spoil):
     spoil(corpus)
     tokens = load_tokens(corpus)
     text = corpus.read_text()
-    assert CharTokenizer(tokens.vocab).decode(tokens.ids.tolist()) == text
+    assert CharTokenizer(tokens.vocab).decode(tokens.ids.read().tolist()) == text
     record = json.loads(corpus.with_name("corpus.txt.tokens.json").read_text())
     assert record["n_tokens"] == len(text) and record["mtime_ns"] == corpus.stat().st_mtime_ns
 
@@ -97,7 +109,7 @@ def test_a_read_only_corpus_folder_caches_in_the_user_cache(tmp_path, monkeypatc
         folder.chmod(0o755)
     assert cache_files(folder) == ["corpus.txt"]
     (ids,) = (tmp_path / "cache" / "shakegpt" / "tokens").glob("corpus.txt-*.tokens")
-    assert tokens.ids.filename == ids
+    assert tokens.ids.path == ids
 
 
 def test_an_explicit_cache_dir_keeps_same_named_corpora_apart(tmp_path):
@@ -113,7 +125,7 @@ def test_processes_preparing_at_once_build_once_and_agree(tmp_path):
     script = (
         "import logging, sys; from pathlib import Path; logging.basicConfig(level='INFO'); "
         "from shakegpt.token_cache import load_tokens; "
-        "t = load_tokens(Path(sys.argv[1])); print(len(t.vocab), int(t.ids.sum()))"
+        "t = load_tokens(Path(sys.argv[1])); print(len(t.vocab), int(t.ids.read().sum()))"
     )
     procs = [
         subprocess.Popen([sys.executable, "-c", script, str(corpus)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
