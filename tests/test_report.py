@@ -9,6 +9,8 @@ from shakegpt.report import find_runs, write_report
 from shakegpt.report import main as report_main
 from shakegpt.rundir import EvalRow, write_metrics, write_record
 
+from .conftest import TINY, run_module
+
 
 @pytest.mark.slow  # the sweep fixture: a real sweep
 def test_sweep_end_writes_a_report_with_a_row_per_job(sweep):
@@ -91,3 +93,18 @@ def test_one_seed_per_setting_reports_as_before(tmp_path):
     assert "| 1.9000 (2.7411 bpc, step 10) |" in report  # best val 1.9 at step 10, in nats and bits
     with (tmp_path / "results.csv").open() as f:
         assert [row["kind"] for row in csv.DictReader(f)] == ["run", "run"]
+
+
+@pytest.mark.slow  # a real sweep over two seeds
+def test_a_real_sweep_over_seeds_reports_its_group(tmp_path):
+    folder = tmp_path / "sweep"
+    proc = run_module("shakegpt.train", "-m", *TINY, "seed=1,2", f"hydra.sweep.dir={folder}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = (folder / "report.md").read_text()
+    (row,) = [line for line in report.splitlines() if line.startswith("| `every seed` | 2 |")]
+    with (folder / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [row["kind"] for row in rows] == ["run", "run", "group"]
+    best = [float(row["best_val_loss"]) for row in rows]
+    assert best[2] == pytest.approx((best[0] + best[1]) / 2) and best[0] != best[1]  # seeds differ, mean reported
+    assert f"{best[2]:.4f} ± " in row
