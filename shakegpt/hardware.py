@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
-import os
 import platform
-import tempfile
 import time
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import torch
 from omegaconf import OmegaConf
 
 from shakegpt.errors import ShakeGPTError
+from shakegpt.rundir import write_atomically
 from shakegpt.user_cache import user_cache_dir
 
 # bf16-mixed pays for its casts only where bf16 matmuls are well ahead of fp32 ones (docs/performance.md).
@@ -40,13 +40,8 @@ def cpu_precision() -> str:
         known = {}
     if key not in known:
         known[key] = measured_cpu_precision()
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=path.name, delete=False) as tmp:
-                json.dump(known, tmp, indent=2)
-            os.replace(tmp.name, path)
-        except OSError:
-            pass  # a read-only home: measured again by the next process
+        with contextlib.suppress(OSError):  # a read-only home: measured again by the next process
+            write_atomically(path, json.dumps(known, indent=2).encode())
     return known[key]
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from shakegpt.errors import ShakeGPTError
+from shakegpt.rundir import write_atomically
 from shakegpt.user_cache import user_cache_dir
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 FORMAT = 1
 CHUNK_BYTES = 16 * 2**20  # of text per step: bounds memory (about 10x this at the peak) whatever the corpus' size
 UNICODE_SIZE = 0x110000  # code points
-CACHE_MODE = 0o644  # readable by everyone who can read the corpus beside it (temporary files start private)
+CACHE_MODE = 0o644  # the ids file readable by everyone who can read the corpus (temporary files start private)
 
 
 class TokenFile:
@@ -204,16 +205,9 @@ def build(corpus: Path, ids_path: Path, record_path: Path) -> dict:
         raise ShakeGPTError(f"{corpus} changed while it was being encoded; run again once it is written")
     os.replace(tmp.name, ids_path)
     record = {**identity, "dtype": dtype.name, "n_tokens": n_tokens, "vocab": "".join(map(chr, vocab_points))}
-    write_atomically(record_path, json.dumps(record))
+    write_atomically(record_path, json.dumps(record).encode())
     log.info(
         "encoded %d characters, %d distinct, as %s in %.1f s", n_tokens, len(vocab_points), dtype.name,
         time.perf_counter() - started,
     )  # fmt: skip
     return record
-
-
-def write_atomically(path: Path, text: str) -> None:
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=path.name, delete=False, encoding="utf-8") as tmp:
-        os.fchmod(tmp.fileno(), CACHE_MODE)
-        tmp.write(text)
-    os.replace(tmp.name, path)
