@@ -13,7 +13,7 @@ class ShakeGPTError(Exception):
 
 
 class Interrupted(Exception):
-    """The run stopped on a signal (Ctrl-C, SIGTERM), at a point it resumes from exactly."""
+    """The run stopped on a signal (Ctrl-C, SIGTERM, SLURM's SIGUSR2), at a point it resumes from exactly."""
 
     def __init__(self, signum: int, step: int) -> None:
         super().__init__(f"interrupted by {signal.Signals(signum).name} at step {step}")

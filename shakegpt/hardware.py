@@ -70,6 +70,15 @@ def measured_cpu_precision(rounds: int = 7) -> str:
 OmegaConf.register_new_resolver("cpu_precision", cpu_precision, replace=True)
 
 
+def gpus_to_request(accelerator: str, devices: int) -> int | None:
+    """The GPUs a job asks a cluster for (conf/hydra/launcher/slurm.yaml): hardware.devices on CUDA, none
+    otherwise (a request for GPUs on a CPU partition is refused by SLURM)."""
+    return devices if accelerator == "cuda" else None
+
+
+OmegaConf.register_new_resolver("gpus_to_request", gpus_to_request, replace=True)
+
+
 def matmul_gflops(dtype: torch.dtype, size: int = 512, repeats: int = 5, device: str | torch.device = "cpu") -> float:
     """The best of a few size x size matrix products, in GFLOP/s (also scripts/bench.py's GEMM peak)."""
     a, b = (torch.randn(size, size, dtype=dtype, device=device) for _ in range(2))

@@ -1,11 +1,12 @@
 """The plumbing between Hydra, Lightning's DDP launcher and a training job, kept out of the pipeline in
 shakegpt.train. Each piece is here because one of those tools, left alone, does the wrong thing for us:
 
-- the `pid` resolver that conf/ uses (run folder names);
+- the `pid` and `launcher_nodes` resolvers that conf/ uses (run folder names, trainer.num_nodes);
 - `accepting_pasted_folders`: Hydra's grammar reads the '=' and ',' of sweep job folder names in `ckpt_path=`;
 - `OutputDirCheck`: Hydra shows a traceback when it cannot create the run folder;
 - `launchable_job`: Lightning's DDP launcher re-runs the whole command line, which in a multirun is the sweep;
-- `run_job`: the run folder's lock, and what a failure or an interruption does to a run and to a sweep;
+- `run_job`: the run folder's lock, what a failure or an interruption does to a run and to a sweep, and a job
+  that SLURM requeued continuing its run;
 - `save_run_config`: Hydra would write .hydra/ before we know the run may use the folder;
 - `wait_for_ranks`: ranks that outlive their job would hold its folder and the machine's cores;
 - `KNOWN_NOISE`: messages Lightning prints on every run that say nothing about it, dropped in one place.
@@ -48,6 +49,16 @@ log = logging.getLogger(__name__)
 
 # Run folders are named by start time and process id, so two runs started in the same second never share one.
 OmegaConf.register_new_resolver("pid", os.getpid, replace=True)
+
+
+def launcher_nodes() -> int:
+    """The nodes the launcher gives each job (hydra.launcher.nodes on SLURM), for trainer.num_nodes: Lightning
+    refuses a job whose SLURM tasks are not num_nodes x devices."""
+    launcher = HydraConfig.get().launcher if HydraConfig.initialized() else {}
+    return int(launcher.get("nodes") or 1)
+
+
+OmegaConf.register_new_resolver("launcher_nodes", launcher_nodes, replace=True)
 
 # Said on every run, about nothing in it; each with why it does not apply here.
 KNOWN_NOISE = (
@@ -200,8 +211,15 @@ def save_run_config(cfg: DictConfig, output_dir: Path) -> None:
     OmegaConf.save(OmegaConf.create(list(hydra_cfg.overrides.task)), folder / "overrides.yaml")
 
 
+def restarted_by_slurm() -> bool:
+    """Whether SLURM requeued this job (a preemption, a time limit) and is running it again: it then continues
+    its run folder's last checkpoint (its command line, which submitit saved, does not say resume=true)."""
+    return int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0
+
+
 def run_job(cfg: DictConfig, job: Callable[[DictConfig], float]) -> float | None:
-    """Runs job(cfg) holding the run folder's lock; a failure is recorded in the run folder's run.json.
+    """Runs job(cfg) holding the run folder's lock; a failure is recorded in the run folder's run.json. A job
+    SLURM requeued runs with resume=true.
 
     Alone, a bad input ends the program with a one-line message (and the run folder is removed if the run made
     it and wrote nothing in it but its setup), and an interruption with one line saying how
@@ -220,6 +238,8 @@ def run_job(cfg: DictConfig, job: Callable[[DictConfig], float]) -> float | None
         if not record_before or read_record(output_dir / RUN_RECORD) != record_before:
             record_failure(output_dir / RUN_RECORD, err)
 
+    if restarted_by_slurm() and not cfg.resume:
+        cfg.resume = True
     refused = False
     try:
         if lock is not None:

@@ -7,12 +7,17 @@ step's evaluation is still to be done. A resumed run does that evaluation first,
 batch (training batches are indexed by step), so its losses, metrics.csv and TensorBoard scalars are those of
 the uninterrupted run. A signal during an evaluation stops at once: the checkpoint from before it stands. A kill
 at any moment leaves the last checkpoint, which was written whole (rundir.write_atomically).
+
+On SLURM through hydra/launcher=slurm, the job gets SIGUSR2 ahead of its time limit or a preemption: the run
+stops the same way, then submitit's handler requeues the job, which continues from that checkpoint
+(shakegpt.launch.run_job resumes a job SLURM restarted).
 """
 
 from __future__ import annotations
 
 import io
 import signal
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +38,11 @@ from shakegpt.rundir import (
 
 # The section of a checkpoint that says how to continue it.
 RESUME_KEY = "shakegpt_resume"
+
+# What SLURM sends a job launched through submitit before its time limit (`#SBATCH --signal=USR2@120`) or a
+# preemption; submitit's handler for it requeues the job.
+REQUEUE_SIGNAL = signal.SIGUSR2
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, REQUEUE_SIGNAL)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -63,8 +73,9 @@ class Trainer(L.Trainer):
 
 class RunCheckpoints(L.Callback):
     """Writes checkpoints/last.ckpt at the points a run resumes from exactly (see the module's docstring),
-    checkpoints/best.ckpt after every evaluation that lowers the val loss, and turns Ctrl-C and SIGTERM into a
-    stop at the next such point. A second Ctrl-C stops at once; the last checkpoint then stands."""
+    checkpoints/best.ckpt after every evaluation that lowers the val loss, and turns Ctrl-C, SIGTERM and
+    SIGUSR2 into a stop at the next such point. A second Ctrl-C stops at once; the last checkpoint then stands.
+    After a stop on SIGUSR2, the handler that was there before (submitit's, on SLURM) requeues the job."""
 
     def __init__(self, dirpath: str, settings: dict[str, Any]) -> None:
         self.dirpath = Path(dirpath)
@@ -117,7 +128,7 @@ class RunCheckpoints(L.Callback):
         # After Lightning has installed its own SIGTERM handler (which would stop in the middle of an
         # evaluation); Lightning puts the handlers back at the end of fit, and teardown does too.
         self._trainer = trainer
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in STOP_SIGNALS:
             if signum not in self._previous_handlers:
                 self._previous_handlers[signum] = signal.getsignal(signum)
             signal.signal(signum, self._on_signal)
@@ -150,11 +161,21 @@ class RunCheckpoints(L.Callback):
         if pending or stop:
             self._save(trainer, pl_module, self.dirpath / LAST_CHECKPOINT, eval_pending=pending)
         if stop:
-            raise Interrupted(self.stop_signal or signal.SIGTERM, step)
+            self._stop(step)
 
     def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         if self._stop_requested(trainer):
-            raise Interrupted(self.stop_signal or signal.SIGTERM, trainer.global_step)
+            self._stop(trainer.global_step)
+
+    def _stop(self, step: int) -> None:
+        """Ends the run at a point it resumes from; on SIGUSR2 first hands over to the handler that was there
+        before (submitit's: it requeues the job, and exits on the first rank)."""
+        interrupted = Interrupted(self.stop_signal or signal.SIGTERM, step)
+        handler = self._previous_handlers.get(REQUEUE_SIGNAL)
+        if self.stop_signal == REQUEUE_SIGNAL and callable(handler):
+            print(f"{interrupted}; the last checkpoint holds it", file=sys.stderr, flush=True)
+            handler(REQUEUE_SIGNAL, None)
+        raise interrupted
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         val_loss = pl_module.eval_losses["val"]

@@ -8,7 +8,6 @@ from dataclasses import asdict
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from shakegpt.checkpoint import check_resumable, resolve_checkpoint
@@ -16,7 +15,7 @@ from shakegpt.errors import ShakeGPTError
 from shakegpt.generate import load_module
 from shakegpt.hardware import check_accelerator
 
-from .conftest import ROOT, TINY, run_module
+from .conftest import TINY, run_module
 
 # Real DDP runs, sweeps and launchers, in subprocesses: seconds each (`pytest -m "not slow"` leaves them out).
 pytestmark = pytest.mark.slow
@@ -102,19 +101,6 @@ def test_launchers_run_the_jobs_of_a_sweep(tmp_path, launcher):
     pids = {path.name.split(".")[-2] for path in sweep.glob("*/events.out.tfevents.*")}
     assert len(pids) == 2 if launcher == "submitit_local" else len(pids) >= 1
     assert (sweep / "report.md").is_file()
-
-
-def test_slurm_launcher_composes_from_config():
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(
-            config_name="train",
-            overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hardware=cuda", "hardware.devices=4"],
-            return_hydra_config=True,
-        )
-    launcher = cfg.hydra.launcher
-    assert launcher._target_.endswith("SlurmLauncher")
-    assert (launcher.partition, launcher.gpus_per_node, launcher.tasks_per_node) == ("gpu", 4, 4)
-    assert launcher.timeout_min == 240
 
 
 def test_checkpoints_that_are_not_ours_or_truncated_are_refused(tmp_path, run):
