@@ -55,8 +55,9 @@ def finished_jobs(jobcomp_log: Path) -> list[dict[str, str]]:
 
 
 def job_ids(sweep: Path) -> list[str]:
-    """The SLURM job ids of a sweep's jobs, from the folders submitit named after them (<job> or <array>_<index>)."""
-    return sorted(path.name for path in (sweep / ".submitit").iterdir() if re.fullmatch(r"\d+(_\d+)?", path.name))
+    """The SLURM job ids of a sweep's jobs (<job>, or <array>_<index>), from the folders submitit keeps each
+    job's pickled call in (an array's own folder holds only its sbatch script)."""
+    return sorted(path.parent.name for path in (sweep / ".submitit").glob("*/*_submitted.pkl"))
 
 
 def no_job_left(sweep: Path) -> bool:
