@@ -261,7 +261,121 @@ def free() -> None:
         torch.cuda.empty_cache()
 
 
-# --- the benchmark ---------------------------------------------------------------------------------------
+# --- the benchmark, part by part; each emits its rows ------------------------------------------------------
+Emit = Callable[[dict], None]
+
+
+def bench_memory(args, emit: Emit) -> dict[tuple[str, int], bool]:
+    """Peak memory of each training contender, in fresh processes; which of them fit in memory."""
+    fits = {}
+    for n_layer in args.layers:
+        for name in ("reference", "model", "lightning"):
+            peak_mb = peak_memory_mb(name, args.hardware, n_layer)
+            fits[name, n_layer] = peak_mb is not None
+            emit({"kind": "memory", "contender": name, "n_layer": n_layer, "peak_mb": peak_mb})
+    return fits
+
+
+def bench_gemm(device: torch.device, emit: Emit) -> dict[str, float]:
+    """The measured GEMM peak per precision, in GFLOP/s: the denominators of MFU."""
+    size = 8192 if device.type == "cuda" else 2048
+    peaks = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        peaks[name] = matmul_gflops(dtype, size, repeats=10, device=device)
+        emit({"kind": "gemm", "contender": name, "n_layer": None, "gflops": round(peaks[name], 1)})
+    return peaks
+
+
+def bench_batches(args, emit: Emit) -> None:
+    gathered = {name: [time_batch_gathering(name) for _ in range(args.rounds)] for name in ("reference", "model")}
+    for name, (median, ratio) in paired(gathered, "reference").items():
+        emit({"kind": "batch", "contender": name, "n_layer": None, "windows_per_s": round(median),
+              "ratio_vs_reference": round(ratio, 2)})  # fmt: skip
+
+
+def bench_steps(args, n_layer: int, models, device, hw, fits, peaks: dict[str, float], emit: Emit) -> None:
+    """Training and evaluation throughput and MFU of each contender at n_layer, alternated round by round."""
+    reference, ours = models
+    train_flops = flops_per_token(ours.num_parameters(), n_layer)
+    kinds: dict[str, dict[str, Callable[[], float]]] = {
+        "train": {
+            "reference": partial(time_plain_training, reference, device, "32-true", None, args.steps),
+            "model": partial(time_plain_training, ours, device, hw.precision, hw.fused_optimizer, args.steps),
+            "lightning": partial(time_lightning_training, args.hardware, n_layer, args.steps),
+        },
+        "eval": {
+            "reference": partial(time_plain_eval, reference, device, "32-true", args.eval_batches),
+            "model": partial(time_plain_eval, ours, device, hw.precision, args.eval_batches),
+            # Lightning evaluates both splits: half the batches each, the same total.
+            "lightning": partial(time_lightning_eval, args.hardware, n_layer, max(1, args.eval_batches // 2)),
+        },
+    }
+    if hw.precision != "32-true":  # is the mixed precision worth it on this machine?
+        kinds["train"]["model_fp32"] = partial(
+            time_plain_training, ours, device, "32-true", hw.fused_optimizer, args.steps
+        )
+        kinds["eval"]["model_fp32"] = partial(time_plain_eval, ours, device, "32-true", args.eval_batches)
+    ours_peak = peaks.get("bf16" if "bf16" in hw.precision else "fp32")
+    for kind, contenders in kinds.items():
+        if kind in args.skip:
+            continue
+        if kind == "train":
+            contenders = {name: f for name, f in contenders.items() if fits.get((name, n_layer), True)}
+        samples: dict[str, list[float]] = {name: [] for name in contenders}
+        for _ in range(args.rounds):
+            for name, measure in contenders.items():
+                samples[name].append(measure())
+                free()
+        flops = train_flops if kind == "train" else train_flops / 3
+        for name, (tokens_per_s, ratio) in paired(samples, "reference").items():
+            peak = peaks.get("fp32") if name in ("reference", "model_fp32") else ours_peak
+            emit(
+                {
+                    "kind": kind,
+                    "contender": name,
+                    "n_layer": n_layer,
+                    "tokens_per_s": round(tokens_per_s),
+                    "ratio_vs_reference": round(ratio, 3) if ratio is not None else None,
+                    "mfu": round(tokens_per_s * flops / (peak * 1e9), 3) if peak else None,
+                    "rounds": args.rounds,
+                }
+            )
+
+
+def bench_generation(args, n_layer: int, models, device, emit: Emit) -> None:
+    """Tokens per second sampling from one token, batch 1: the classic loop against our generate's modes."""
+    reference, ours = models
+    reference.eval()
+    ours.eval()
+    for new_tokens in args.new_tokens:
+        start_token = torch.zeros(1, 1, dtype=torch.long, device=device)
+        samplers = {
+            "recompute": torch.no_grad()(partial(reference.generate, start_token, new_tokens)),
+            **{
+                name: partial(ours.generate, start_token, new_tokens, kv_cache=mode)
+                for name, mode in (("model_recompute", "off"), ("kv_exact", "exact"), ("kv_fast", "fast"))
+            },
+        }
+        samples = {name: [] for name in samplers}
+        for _ in range(args.rounds):
+            for name, sample in samplers.items():
+                start = time.perf_counter()
+                sample()
+                sync(device)
+                samples[name].append(new_tokens / (time.perf_counter() - start))
+        for name, (tokens_per_s, ratio) in paired(samples, "recompute").items():
+            emit(
+                {
+                    "kind": "generate",
+                    "contender": name,
+                    "n_layer": n_layer,
+                    "new_tokens": new_tokens,
+                    "tokens_per_s": round(tokens_per_s, 1),
+                    "ratio_vs_reference": round(ratio, 2),
+                }
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layers", type=int, nargs="+", default=[1, 2, 6, 12])
@@ -289,106 +403,17 @@ def main() -> None:
     # Memory first, in fresh processes, while this one is still small. A contender whose training does not
     # fit in memory (the reference at n_layer 12 on a 24 GB machine) is left out of the training rounds,
     # where it would take the whole benchmark down with it.
-    fits = {}
-    if "memory" not in args.skip:
-        for n_layer in args.layers:
-            for name in ("reference", "model", "lightning"):
-                peak_mb = peak_memory_mb(name, args.hardware, n_layer)
-                fits[name, n_layer] = peak_mb is not None
-                emit({"kind": "memory", "contender": name, "n_layer": n_layer, "peak_mb": peak_mb})
-
-    peaks = {}
-    if "gemm" not in args.skip:
-        size = 8192 if device.type == "cuda" else 2048
-        for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-            peaks[name] = matmul_gflops(dtype, size, repeats=10, device=device)
-            emit({"kind": "gemm", "contender": name, "n_layer": None, "gflops": round(peaks[name], 1)})
-    ours_peak = peaks.get("bf16" if "bf16" in hw.precision else "fp32")
-
+    fits = bench_memory(args, emit) if "memory" not in args.skip else {}
+    peaks = bench_gemm(device, emit) if "gemm" not in args.skip else {}
     if "batch" not in args.skip:
-        gathered = {name: [time_batch_gathering(name) for _ in range(args.rounds)] for name in ("reference", "model")}
-        for name, (median, ratio) in paired(gathered, "reference").items():
-            emit({"kind": "batch", "contender": name, "n_layer": None, "windows_per_s": round(median),
-                  "ratio_vs_reference": round(ratio, 2)})  # fmt: skip
-
+        bench_batches(args, emit)
     for n_layer in args.layers:
-        params = GPT(gpt_config(n_layer)).num_parameters()
-        train_flops = flops_per_token(params, n_layer)
         torch.manual_seed(0)
-        reference, ours = reference_gpt(n_layer).to(device), GPT(gpt_config(n_layer)).to(device)
-        kinds: dict[str, dict[str, Callable[[], float]]] = {
-            "train": {
-                "reference": partial(time_plain_training, reference, device, "32-true", None, args.steps),
-                "model": partial(time_plain_training, ours, device, hw.precision, hw.fused_optimizer, args.steps),
-                "lightning": partial(time_lightning_training, args.hardware, n_layer, args.steps),
-            },
-            "eval": {
-                "reference": partial(time_plain_eval, reference, device, "32-true", args.eval_batches),
-                "model": partial(time_plain_eval, ours, device, hw.precision, args.eval_batches),
-                # Lightning evaluates both splits: half the batches each, the same total.
-                "lightning": partial(time_lightning_eval, args.hardware, n_layer, max(1, args.eval_batches // 2)),
-            },
-        }
-        if hw.precision != "32-true":  # is the mixed precision worth it on this machine?
-            kinds["train"]["model_fp32"] = partial(
-                time_plain_training, ours, device, "32-true", hw.fused_optimizer, args.steps
-            )
-            kinds["eval"]["model_fp32"] = partial(time_plain_eval, ours, device, "32-true", args.eval_batches)
-        for kind, contenders in kinds.items():
-            if kind in args.skip:
-                continue
-            if kind == "train":
-                contenders = {name: f for name, f in contenders.items() if fits.get((name, n_layer), True)}
-            samples: dict[str, list[float]] = {name: [] for name in contenders}
-            for _ in range(args.rounds):
-                for name, measure in contenders.items():
-                    samples[name].append(measure())
-                    free()
-            flops = train_flops if kind == "train" else train_flops / 3
-            for name, (tokens_per_s, ratio) in paired(samples, "reference").items():
-                peak = peaks.get("fp32") if name in ("reference", "model_fp32") else ours_peak
-                emit(
-                    {
-                        "kind": kind,
-                        "contender": name,
-                        "n_layer": n_layer,
-                        "tokens_per_s": round(tokens_per_s),
-                        "ratio_vs_reference": round(ratio, 3) if ratio is not None else None,
-                        "mfu": round(tokens_per_s * flops / (peak * 1e9), 3) if peak else None,
-                        "rounds": args.rounds,
-                    }
-                )
+        models = reference_gpt(n_layer).to(device), GPT(gpt_config(n_layer)).to(device)
+        bench_steps(args, n_layer, models, device, hw, fits, peaks, emit)
         if "generate" not in args.skip and n_layer >= 6:
-            reference.eval()
-            ours.eval()
-            for new_tokens in args.new_tokens:
-                start_token = torch.zeros(1, 1, dtype=torch.long, device=device)
-                samplers = {
-                    "recompute": torch.no_grad()(partial(reference.generate, start_token, new_tokens)),
-                    **{
-                        name: partial(ours.generate, start_token, new_tokens, kv_cache=mode)
-                        for name, mode in (("model_recompute", "off"), ("kv_exact", "exact"), ("kv_fast", "fast"))
-                    },
-                }
-                samples = {name: [] for name in samplers}
-                for _ in range(args.rounds):
-                    for name, sample in samplers.items():
-                        start = time.perf_counter()
-                        sample()
-                        sync(device)
-                        samples[name].append(new_tokens / (time.perf_counter() - start))
-                for name, (tokens_per_s, ratio) in paired(samples, "recompute").items():
-                    emit(
-                        {
-                            "kind": "generate",
-                            "contender": name,
-                            "n_layer": n_layer,
-                            "new_tokens": new_tokens,
-                            "tokens_per_s": round(tokens_per_s, 1),
-                            "ratio_vs_reference": round(ratio, 2),
-                        }
-                    )
-        del reference, ours
+            bench_generation(args, n_layer, models, device, emit)
+        del models
         free()
 
     if not args.json:
