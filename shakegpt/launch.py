@@ -2,11 +2,12 @@
 shakegpt.train. Each piece is here because one of those tools, left alone, does the wrong thing for us:
 
 - the `pid` and `launcher_nodes` resolvers that conf/ uses (run folder names, trainer.num_nodes);
-- `accepting_pasted_folders`: Hydra's grammar reads the '=' and ',' of sweep job folder names in `ckpt_path=`;
+- `accepting_pasted_folders`: Hydra's grammar reads the '=' and ',' of sweep job folder names in `resume=` and
+  `ckpt_path=`;
 - `OutputDirCheck`: Hydra shows a traceback when it cannot create the run folder;
 - `launchable_job`: Lightning's DDP launcher re-runs the whole command line, which in a multirun is the sweep;
-- `run_job`: the run folder's lock, what a failure or an interruption does to a run and to a sweep, and a job
-  that SLURM requeued continuing its run;
+- `run_job`: the run folder's lock, and what a failure or an interruption does to a run and to a sweep;
+- `restarted_by_slurm`: a requeued job runs its saved command line again, which does not say resume=true;
 - `save_run_config`: Hydra would write .hydra/ before we know the run may use the folder;
 - `wait_for_ranks`: ranks that outlive their job would hold its folder and the machine's cores;
 - `KNOWN_NOISE`: messages Lightning prints on every run that say nothing about it, dropped in one place.
@@ -160,19 +161,24 @@ def hydra_value(value: object) -> str:
     return text if re.fullmatch(r"[\w./~+-]*", text) else "'" + text.replace("'", "\\'") + "'"
 
 
+# The settings that take a checkpoint or run folder: train's resume, generate's and evaluate's ckpt_path.
+PATH_SETTINGS = ("resume", "ckpt_path")
+
+
 def quote_path_overrides(argv: list[str]) -> list[str]:
-    """argv with each ckpt_path value quoted for Hydra where it holds characters Hydra's grammar reads."""
-    return [
-        f"ckpt_path={hydra_value(arg.split('=', 1)[1])}"
-        if arg.startswith("ckpt_path=") and not arg.startswith(("ckpt_path='", 'ckpt_path="'))
-        else arg
-        for arg in argv
-    ]
+    """argv with each PATH_SETTINGS value quoted for Hydra where it holds characters Hydra's grammar reads."""
+    quoted = []
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        if key in PATH_SETTINGS and value and value[0] not in "'\"":
+            arg = f"{key}={hydra_value(value)}"
+        quoted.append(arg)
+    return quoted
 
 
 def accepting_pasted_folders(entry: Callable[..., Any]) -> Callable[..., Any]:
-    """Wraps a @hydra.main entry point so that `ckpt_path=` takes any folder the project printed, as it is:
-    a sweep job's folder is named by its overrides (model.n_layer=2,seed=1), whose '=' and ',' Hydra would
+    """Wraps a @hydra.main entry point so that `resume=` and `ckpt_path=` take any folder the project printed, as
+    it is: a sweep job's folder is named by its overrides (model.n_layer=2,seed=1), whose '=' and ',' Hydra would
     read as syntax. Like Hydra's own wrapper, it passes a config through (launchers that pickle the task call
     the module's main with one)."""
 
@@ -189,7 +195,7 @@ def resume_command(output_dir: Path) -> str:
     """The command that continues this run (or, in a sweep, the whole sweep) where it stopped."""
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    own = ("resume=", "ckpt_path=", "hydra.run.dir=", "hydra.sweep.dir=", "-m", "--multirun")
+    own = ("resume=", "hydra.run.dir=", "hydra.sweep.dir=", "-m", "--multirun")
     args = [arg for arg in hydra_cfg.overrides.task if not arg.startswith(own)]
     if multirun:
         folder = f"hydra.sweep.dir={hydra_value(hydra_cfg.sweep.dir)}"
@@ -213,13 +219,12 @@ def save_run_config(cfg: DictConfig, output_dir: Path) -> None:
 
 def restarted_by_slurm() -> bool:
     """Whether SLURM requeued this job (a preemption, a time limit) and is running it again: it then continues
-    its run folder's last checkpoint (its command line, which submitit saved, does not say resume=true)."""
+    its run folder's last checkpoint (the command line submitit saved does not say resume=true)."""
     return int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0
 
 
 def run_job(cfg: DictConfig, job: Callable[[DictConfig], float]) -> float | None:
-    """Runs job(cfg) holding the run folder's lock; a failure is recorded in the run folder's run.json. A job
-    SLURM requeued runs with resume=true.
+    """Runs job(cfg) holding the run folder's lock; a failure is recorded in the run folder's run.json.
 
     Alone, a bad input ends the program with a one-line message (and the run folder is removed if the run made
     it and wrote nothing in it but its setup), and an interruption with one line saying how
@@ -238,8 +243,6 @@ def run_job(cfg: DictConfig, job: Callable[[DictConfig], float]) -> float | None
         if not record_before or read_record(output_dir / RUN_RECORD) != record_before:
             record_failure(output_dir / RUN_RECORD, err)
 
-    if restarted_by_slurm() and not cfg.resume:
-        cfg.resume = True
     refused = False
     try:
         if lock is not None:

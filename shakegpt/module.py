@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import asdict
 from typing import Any
 
 import lightning as L
@@ -45,16 +44,6 @@ class GPTModule(L.LightningModule):
         self.splits = ("train", "val")
         self.eval_losses: dict[str, float] = {}
         self._rng_states_to_restore: dict[str, Any] | None = None
-
-    @classmethod
-    def from_model(
-        cls,
-        config: GPTConfig,
-        tokenizer: CharTokenizer,
-        optimizer: OptimizerFactory | None = None,
-        lr_schedule: ScheduleFactory | None = None,
-    ) -> GPTModule:
-        return cls(asdict(config), tokenizer.vocab, optimizer, lr_schedule)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         _, loss = self.model(*batch)

@@ -200,13 +200,17 @@ class StartPoint:
         return self.step if self.eval_pending else self.step + 1
 
 
-def start_point(output_dir: Path, ckpt_path: str | None, resume: bool, settings: dict[str, Any]) -> StartPoint:
-    """From ckpt_path (a .ckpt file, or a run folder's last checkpoint), else with resume=true from the run
-    folder's own last checkpoint, else from scratch. Refuses a checkpoint that cannot continue with settings."""
-    path = resolve_checkpoint(ckpt_path, LAST_CHECKPOINT) if ckpt_path else None
-    if path is None and resume and last_checkpoint(output_dir).is_file():
-        path = last_checkpoint(output_dir)
-    if path is None:
+def start_point(output_dir: Path, resume: bool | str, settings: dict[str, Any], requeued: bool = False) -> StartPoint:
+    """Where a run starts, from the one `resume` setting: with true, the run folder's own last checkpoint if it
+    has one; with a path, that checkpoint (a .ckpt file, or a run folder's last); else from scratch. A job the
+    cluster requeued (requeued) continues its own last checkpoint whatever it was started with. Refuses a
+    checkpoint that cannot continue with settings."""
+    own = last_checkpoint(output_dir)
+    if (resume is True or requeued) and own.is_file():
+        path = own
+    elif isinstance(resume, str):
+        path = resolve_checkpoint(resume, LAST_CHECKPOINT)
+    else:
         return StartPoint()
     checkpoint = read_checkpoint(path)
     saved = checkpoint.get(RESUME_KEY, {})

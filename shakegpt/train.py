@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import hydra
 import lightning as L
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
@@ -18,8 +21,7 @@ from shakegpt.checkpoint import check_resumable
 from shakegpt.config_dir import config_dir
 from shakegpt.errors import ShakeGPTError
 from shakegpt.hardware import check_accelerator
-from shakegpt.launch import accepting_pasted_folders, run_job, save_run_config, wait_for_ranks
-from shakegpt.model import GPTConfig
+from shakegpt.launch import accepting_pasted_folders, restarted_by_slurm, run_job, save_run_config, wait_for_ranks
 from shakegpt.module import GPTModule
 from shakegpt.resume import AtomicCheckpointIO, StartPoint, start_point
 from shakegpt.rundir import METRICS, RUN_RECORD, drop_evaluations_from, read_record
@@ -64,11 +66,26 @@ def check_settings(cfg: DictConfig) -> None:
     lr = cfg.optimizer.lr
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
         raise ShakeGPTError(f"optimizer.lr must be a positive number, got {lr!r}")
+    if not isinstance(cfg.resume, (bool, str)) or cfg.resume == "":
+        raise ShakeGPTError(
+            f"resume must be true, false or a checkpoint (a .ckpt file or a run folder), got {cfg.resume!r}"
+        )
     if cfg.trainer.get("accumulate_grad_batches", 1) != 1:
         raise ShakeGPTError(
             "trainer.accumulate_grad_batches is not supported: training batches and evaluations are counted in "
             "optimizer steps; raise data.batch_size, or add processes with trainer=ddp hardware.devices=N"
         )
+
+
+def instantiate_checked(config: DictConfig, **kwargs: Any) -> Any:
+    """hydra.utils.instantiate, with a refusal of ours (a model shape that cannot work) kept as the one-line
+    error it is rather than wrapped in Hydra's InstantiationException."""
+    try:
+        return instantiate(config, **kwargs)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, ShakeGPTError):
+            raise err.__cause__ from None
+        raise
 
 
 def build(
@@ -86,9 +103,9 @@ def build(
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
-    model_config = GPTConfig(vocab_size=datamodule.tokenizer.vocab_size, **cfg.model)
-    module = GPTModule.from_model(
-        model_config, datamodule.tokenizer, instantiate(cfg.optimizer), instantiate(cfg.lr_schedule)
+    model_config = instantiate_checked(cfg.model, vocab_size=datamodule.tokenizer.vocab_size)
+    module = GPTModule(
+        asdict(model_config), datamodule.tokenizer.vocab, instantiate(cfg.optimizer), instantiate(cfg.lr_schedule)
     )
     if cfg.hardware.compile:
         module.model.compile()  # in place, so checkpoint keys stay free of `_orig_mod.`
@@ -107,21 +124,22 @@ def build(
 def train(cfg: DictConfig) -> float:
     """Fit one model as the config says; returns the best val loss, the metric sweeps optimise.
 
-    With resume=true, a run folder whose run finished (at trainer.max_steps or beyond, or stopped early) is
-    skipped, its best val loss returned, and one whose run was interrupted continues from its last checkpoint:
-    re-running a sweep into its folder redoes no work.
+    With resume=true (and in a job SLURM requeued), a run folder whose run finished (at trainer.max_steps or
+    beyond, or stopped early) is skipped, its best val loss returned, and one whose run was interrupted
+    continues from its last checkpoint: re-running a sweep into its folder redoes no work.
     """
     output_dir = Path(cfg.paths.output_dir)
     check_settings(cfg)
+    requeued = restarted_by_slurm()
     record = read_record(output_dir / RUN_RECORD)
     done = record.get("status") == "stopped early" or (
         record.get("status") in ("finished", "diverged") and record.get("steps", 0) >= cfg.trainer.max_steps
     )
-    if cfg.resume and done and not cfg.ckpt_path:
+    if (cfg.resume is True or requeued) and done:
         log.info("%s finished already; skipped (resume=true)", output_dir)
         return float(record.get("best_val_loss") or float("nan"))
     settings = OmegaConf.to_container(cfg.callbacks.run_checkpoints.settings, resolve=True)
-    start = start_point(output_dir, cfg.ckpt_path, cfg.resume, settings)
+    start = start_point(output_dir, cfg.resume, settings, requeued)
     if rank_zero_only.rank == 0:
         save_run_config(cfg, output_dir)
         drop_evaluations_from(output_dir / METRICS, start.first_unrecorded_step)

@@ -25,7 +25,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from shakegpt.errors import ShakeGPTError
 from shakegpt.generate import check_options
 from shakegpt.hardware import pick_device
-from shakegpt.launch import hydra_value
+from shakegpt.launch import hydra_value, quote_path_overrides
 from shakegpt.rundir import read_metrics
 from shakegpt.train import check_settings
 
@@ -251,6 +251,7 @@ def test_checkpoint_writes_leave_no_temp_files_and_stale_ones_are_cleaned(tmp_pa
         ("optimizer.lr=nan", "optimizer.lr must be a positive number"),
         ("data.batch_size=0", "data.batch_size must be a positive whole number"),
         ("trainer.accumulate_grad_batches=2", "accumulate_grad_batches is not supported"),
+        ("resume=1", "resume must be true, false or a checkpoint"),
     ],
 )
 def test_bad_training_values_are_refused(override, message):
@@ -362,3 +363,11 @@ def test_a_resumed_sweep_skips_the_jobs_a_live_process_holds(tmp_path):
     assert json.loads((other / "run.json").read_text())["status"] == "finished"
     live.process.kill()
     live.finish()
+
+
+def test_pasted_folders_are_quoted_for_hydra_in_the_settings_that_take_one():
+    job = "outputs/sweeps/s/model.n_layer=2,seed=1"
+    argv = ["train", f"resume={job}", f"ckpt_path={job}", "resume=true", "model.n_layer=1,2", "ckpt_path='a=b'"]
+    assert quote_path_overrides(argv) == [
+        "train", f"resume='{job}'", f"ckpt_path='{job}'", "resume=true", "model.n_layer=1,2", "ckpt_path='a=b'"
+    ]  # fmt: skip

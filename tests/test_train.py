@@ -166,7 +166,7 @@ def test_resume_continues_from_the_last_checkpoint(run, tmp_path):
         "shakegpt.train",
         *TINY,
         "trainer.max_steps=30",
-        f"ckpt_path={folder / 'checkpoints' / 'last.ckpt'}",
+        f"resume={folder / 'checkpoints' / 'last.ckpt'}",
         f"hydra.run.dir={tmp_path / 'resumed'}",
         cwd=tmp_path,
     )
