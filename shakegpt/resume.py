@@ -10,7 +10,7 @@ at any moment leaves the last checkpoint, which was written whole (rundir.write_
 
 On SLURM through hydra/launcher=slurm, the job gets SIGUSR2 ahead of its time limit or a preemption: the run
 stops the same way, then submitit's handler requeues the job, which continues from that checkpoint
-(shakegpt.launch.run_job resumes a job SLURM restarted).
+(start_point: a job SLURM requeued continues its own last checkpoint).
 """
 
 from __future__ import annotations

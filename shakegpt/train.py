@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import hydra
 import lightning as L
 import torch
-from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
@@ -77,17 +74,6 @@ def check_settings(cfg: DictConfig) -> None:
         )
 
 
-def instantiate_checked(config: DictConfig, **kwargs: Any) -> Any:
-    """hydra.utils.instantiate, with a refusal of ours (a model shape that cannot work) kept as the one-line
-    error it is rather than wrapped in Hydra's InstantiationException."""
-    try:
-        return instantiate(config, **kwargs)
-    except InstantiationException as err:
-        if isinstance(err.__cause__, ShakeGPTError):
-            raise err.__cause__ from None
-        raise
-
-
 def build(
     cfg: DictConfig, start: StartPoint | None = None, **trainer_kwargs
 ) -> tuple[L.Trainer, GPTModule, L.LightningDataModule]:
@@ -103,9 +89,10 @@ def build(
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
-    model_config = instantiate_checked(cfg.model, vocab_size=datamodule.tokenizer.vocab_size)
+    # Plain values, not instantiated: the module keeps them as the model config its checkpoints carry.
+    model_config = {**OmegaConf.to_container(cfg.model, resolve=True), "vocab_size": datamodule.tokenizer.vocab_size}
     module = GPTModule(
-        asdict(model_config), datamodule.tokenizer.vocab, instantiate(cfg.optimizer), instantiate(cfg.lr_schedule)
+        model_config, datamodule.tokenizer.vocab, instantiate(cfg.optimizer), instantiate(cfg.lr_schedule)
     )
     if cfg.hardware.compile:
         module.model.compile()  # in place, so checkpoint keys stay free of `_orig_mod.`

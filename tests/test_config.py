@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 from shakegpt import hardware, launch  # noqa: F401  (they register the resolvers conf/ uses)
 from shakegpt.errors import ShakeGPTError
 from shakegpt.hardware import check_accelerator, cpu_precision
-from shakegpt.model import GPT
+from shakegpt.model import GPT, GPTConfig
 
 from .conftest import ROOT
 
@@ -49,7 +49,7 @@ def test_experiment_presets_are_the_table_rows(preset, n_layer, max_steps, param
     cfg = composed(f"experiment={preset}")
     assert (cfg.model.n_layer, cfg.model.n_head, cfg.trainer.max_steps) == (n_layer, n_layer, max_steps)
     assert (cfg.trainer.val_check_interval, cfg.trainer.limit_val_batches, cfg.model.dropout) == (500, 200, 0.2)
-    assert GPT(instantiate(cfg.model, vocab_size=65)).num_parameters() == parameters
+    assert GPT(GPTConfig(vocab_size=65, **cfg.model)).num_parameters() == parameters
 
 
 def test_the_nanogpt_preset_is_its_shakespeare_char_config():
@@ -60,7 +60,7 @@ def test_the_nanogpt_preset_is_its_shakespeare_char_config():
     schedule = cfg.lr_schedule
     assert (schedule.warmup_steps, schedule.decay_steps, schedule.min_lr) == (100, 5000, 1e-4)
     assert (cfg.trainer.gradient_clip_val, cfg.trainer.val_check_interval) == (1.0, 250)
-    model = GPT(instantiate(cfg.model, vocab_size=65))
+    model = GPT(GPTConfig(vocab_size=65, **cfg.model))
     optimizer = instantiate(cfg.optimizer, fused=None)(model.parameters())
     scheduler = instantiate(cfg.lr_schedule)(optimizer)
     lrs = []
@@ -81,7 +81,7 @@ def test_quick_preset_is_small():
 @pytest.mark.parametrize("n_layer", [1, 2, 6, 12])
 def test_the_cheap_presets_compose_with_the_tables_sweep(preset, n_layer):
     cfg = composed(f"experiment={preset}", f"model.n_layer={n_layer}")
-    assert GPT(instantiate(cfg.model, vocab_size=65)).config.n_head == n_layer
+    assert GPT(GPTConfig(vocab_size=65, **cfg.model)).config.n_head == n_layer
 
 
 @pytest.mark.parametrize(

@@ -25,7 +25,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from shakegpt.errors import ShakeGPTError
 from shakegpt.generate import check_options
 from shakegpt.hardware import pick_device
-from shakegpt.launch import hydra_value, quote_path_overrides
+from shakegpt.launch import hydra_value
 from shakegpt.rundir import read_metrics
 from shakegpt.train import check_settings
 
@@ -363,11 +363,3 @@ def test_a_resumed_sweep_skips_the_jobs_a_live_process_holds(tmp_path):
     assert json.loads((other / "run.json").read_text())["status"] == "finished"
     live.process.kill()
     live.finish()
-
-
-def test_pasted_folders_are_quoted_for_hydra_in_the_settings_that_take_one():
-    job = "outputs/sweeps/s/model.n_layer=2,seed=1"
-    argv = ["train", f"resume={job}", f"ckpt_path={job}", "resume=true", "model.n_layer=1,2", "ckpt_path='a=b'"]
-    assert quote_path_overrides(argv) == [
-        "train", f"resume='{job}'", f"ckpt_path='{job}'", "resume=true", "model.n_layer=1,2", "ckpt_path='a=b'"
-    ]  # fmt: skip

@@ -4,15 +4,12 @@ import json
 import math
 import re
 import subprocess
-from dataclasses import asdict
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 
-from shakegpt.checkpoint import check_resumable, resolve_checkpoint
 from shakegpt.errors import ShakeGPTError
-from shakegpt.generate import load_module
 from shakegpt.hardware import check_accelerator
 
 from .conftest import TINY, run_module
@@ -101,32 +98,6 @@ def test_launchers_run_the_jobs_of_a_sweep(tmp_path, launcher):
     pids = {path.name.split(".")[-2] for path in sweep.glob("*/events.out.tfevents.*")}
     assert len(pids) == 2 if launcher == "submitit_local" else len(pids) >= 1
     assert (sweep / "report.md").is_file()
-
-
-def test_checkpoints_that_are_not_ours_or_truncated_are_refused(tmp_path, run):
-    folder, _ = run
-    truncated = tmp_path / "truncated.ckpt"
-    truncated.write_bytes((folder / "checkpoints" / "best.ckpt").read_bytes()[:5000])
-    with pytest.raises(ShakeGPTError, match="not a readable checkpoint"):
-        load_module(str(truncated))
-    foreign = tmp_path / "foreign.ckpt"
-    torch.save({"state_dict": {}, "epoch": 3}, foreign)
-    with pytest.raises(ShakeGPTError, match="not a shakegpt checkpoint"):
-        load_module(str(foreign))
-    with pytest.raises(ShakeGPTError, match="no checkpoint at"):
-        load_module(str(tmp_path / "nothing-here"))
-
-
-def test_resuming_from_another_vocabulary_or_model_is_refused(run):
-    folder, _ = run
-    last = resolve_checkpoint(str(folder), "last.ckpt")
-    module = load_module(str(folder))
-    config, vocab = asdict(module.model.config), module.tokenizer.vocab
-    check_resumable(last, config, vocab)
-    with pytest.raises(ShakeGPTError, match="another vocabulary"):
-        check_resumable(last, config, vocab[:-1])
-    with pytest.raises(ShakeGPTError, match="resume with the model overrides"):
-        check_resumable(last, {**config, "n_layer": 2}, vocab)
 
 
 def test_cuda_where_there_is_none_is_refused():

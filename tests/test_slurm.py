@@ -30,6 +30,10 @@ ON_SLURM = [
     "hydra.launcher.mem_gb=1",
 ]
 SLURM_TIMEOUT = 600
+# Runs here agree to the last printed digit on a quiet machine (tests/test_faults.py holds resumes to that); on
+# a loaded one, a run alone has been seen to move in the fifth decimal by step 100. A resume that went wrong
+# (other batches, another RNG state) moves the second.
+LOADED_MACHINE_NOISE = 1e-4
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +134,7 @@ def test_ddp_runs_as_two_slurm_tasks_of_one_job(tmp_path, jobcomp_log):
     assert record["status"] == "finished" and record["world_size"] == 2
     assert not list(folder.glob("train_ddp_process_*.log"))  # Lightning started no rank itself
     # Both ranks' eval losses averaged, as when Lightning starts the ranks.
-    assert read_losses(folder) == pytest.approx(read_losses(here), abs=1e-5)
+    assert read_losses(folder) == pytest.approx(read_losses(here), abs=LOADED_MACHINE_NOISE)
     assert no_job_left(on_slurm)
 
 
@@ -177,7 +181,7 @@ def test_a_preempted_job_is_requeued_and_finishes_with_the_uninterrupted_losses(
     uninterrupted = tmp_path / "uninterrupted"
     proc = run_module("shakegpt.train", *TINY, *longer, f"hydra.run.dir={uninterrupted}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert read_losses(sweep / name) == read_losses(uninterrupted)
+    assert read_losses(sweep / name) == pytest.approx(read_losses(uninterrupted), abs=LOADED_MACHINE_NOISE)
     assert [row.split(",")[0] for row in (sweep / name / "metrics.csv").read_text().splitlines()[1:]] == [
         str(step) for step in range(0, 301, 50)
     ]

@@ -1,0 +1,29 @@
+"""Where a run starts, from the one `resume` setting (shakegpt.resume.start_point), on a real tiny run's
+checkpoints; the exact resumes themselves are tests/test_faults.py's."""
+
+import shutil
+
+import pytest
+from omegaconf import OmegaConf
+
+from shakegpt.resume import StartPoint, start_point
+
+pytestmark = pytest.mark.slow
+
+
+def test_resume_false_true_a_path_or_a_requeue_decide_the_start(run, tmp_path):
+    folder, _ = run
+    settings = OmegaConf.to_container(OmegaConf.load(folder / "config.yaml").callbacks.run_checkpoints.settings)
+    last = folder / "checkpoints" / "last.ckpt"
+    fresh, copy = tmp_path / "fresh", tmp_path / "copy"
+    shutil.copytree(folder, copy)
+
+    assert start_point(fresh, False, settings) == StartPoint()
+    assert start_point(fresh, True, settings) == StartPoint()  # nothing to continue: from scratch
+    from_path = start_point(fresh, str(folder), settings)  # a run folder: its last checkpoint
+    assert (from_path.checkpoint, from_path.step, from_path.eval_pending) == (last, 20, True)
+    assert start_point(copy, True, settings).checkpoint == copy / "checkpoints" / "last.ckpt"
+    assert start_point(copy, False, settings) == StartPoint()
+    # A requeued job continues its own folder, whatever it was started from.
+    assert start_point(copy, str(folder), settings, requeued=True).checkpoint == copy / "checkpoints" / "last.ckpt"
+    assert start_point(fresh, str(folder), settings, requeued=True).checkpoint == last
