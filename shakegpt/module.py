@@ -43,7 +43,6 @@ class GPTModule(L.LightningModule):
         # Mean loss per split at the latest evaluation; the val dataloaders come in this order.
         self.splits = ("train", "val")
         self.eval_losses: dict[str, float] = {}
-        self._rng_states_to_restore: dict[str, Any] | None = None
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         _, loss = self.model(*batch)
@@ -78,24 +77,6 @@ class GPTModule(L.LightningModule):
                 )
             # Already averaged over ranks; sync_dist only keeps Lightning from warning that it is not.
             self.log(f"{split}/loss", self.eval_losses[split], logger=False, prog_bar=True, sync_dist=True)
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Dropout draws from the global generators; saving them makes a resumed run continue exactly.
-        checkpoint["rng_states"] = {"cpu": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state_all()
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self._rng_states_to_restore = checkpoint.get("rng_states")
-
-    def on_train_start(self) -> None:
-        # Restored here, not on load: Lightning re-seeds the global generators after its sanity check.
-        states, self._rng_states_to_restore = self._rng_states_to_restore, None
-        if states is None:
-            return
-        torch.set_rng_state(states["cpu"])
-        if "cuda" in states and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(states["cuda"])
 
     def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
         if self.optimizer_factory is None:

@@ -36,8 +36,10 @@ from shakegpt.rundir import (
     write_atomically,
 )
 
-# The section of a checkpoint that says how to continue it.
+# The sections of a checkpoint that say how to continue it, beside Lightning's own (weights, optimizer,
+# schedule, step, callbacks' states): whether the step's evaluation is done and the settings; the RNG states.
 RESUME_KEY = "shakegpt_resume"
+RNG_KEY = "rng_states"
 
 # What SLURM sends a job launched through submitit before its time limit (`#SBATCH --signal=USR2@120`) or a
 # preemption; submitit's handler for it requeues the job.
@@ -86,6 +88,7 @@ class RunCheckpoints(L.Callback):
         self._eval_pending = False
         self._previous_handlers: dict[int, Any] = {}
         self._trainer: L.Trainer | None = None
+        self._rng_states_to_restore: dict[str, Any] | None = None
 
     # --- what a checkpoint carries -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -95,6 +98,7 @@ class RunCheckpoints(L.Callback):
         self.best_val_loss, self.best_step = float(state_dict["best_val_loss"]), int(state_dict["best_step"])
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        self._rng_states_to_restore = checkpoint.get(RNG_KEY)
         # Checkpoints written before this callback existed (shakegpt 0.1) kept the best val loss in Lightning's
         # ModelCheckpoint state; without it, the next evaluation would replace best.ckpt whatever its loss.
         if RESUME_KEY not in checkpoint:
@@ -105,6 +109,10 @@ class RunCheckpoints(L.Callback):
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         checkpoint[RESUME_KEY] = {"eval_pending": self._eval_pending, "settings": self.settings}
+        # Dropout draws from the global generators; their states make a resumed run continue exactly.
+        checkpoint[RNG_KEY] = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            checkpoint[RNG_KEY]["cuda"] = torch.cuda.get_rng_state_all()
 
     def _save(self, trainer: L.Trainer, pl_module: L.LightningModule, path: Path, eval_pending: bool) -> None:
         if not all(torch.isfinite(p).all() for p in pl_module.parameters()):
@@ -138,6 +146,12 @@ class RunCheckpoints(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._install_handlers(trainer)
+        # Restored here, not on load: Lightning re-seeds the global generators after its sanity check.
+        states, self._rng_states_to_restore = self._rng_states_to_restore, None
+        if states is not None:
+            torch.set_rng_state(states["cpu"])
+            if "cuda" in states and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(states["cuda"])
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         for signum, handler in self._previous_handlers.items():

@@ -170,6 +170,8 @@ def test_a_preempted_job_is_requeued_and_finishes_with_the_uninterrupted_losses(
     assert sweep_process.returncode == 0, errors[-3000:]
 
     logs = sweep / ".submitit" / job
+    # What SLURM does ahead of a time limit too: signal the tasks (conf/hydra/launcher/slurm.yaml's 120 s).
+    assert "#SBATCH --signal=USR2@120" in (logs / f"{job}_submission.sh").read_text()
     stopped = re.search(r"interrupted by SIGUSR2 at step (\d+)", (logs / f"{job}_0_log.err").read_text())
     assert stopped and 50 <= int(stopped.group(1)) < 300
     assert re.search(rf"Requeued job {job.split('_')[0]}", (logs / f"{job}_0_log.out").read_text())
