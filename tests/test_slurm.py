@@ -18,6 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 
 import shakegpt.hardware  # noqa: F401  (the resolvers conf/ uses)
 import shakegpt.launch  # noqa: F401
+from shakegpt.rundir import METRICS, read_metrics
 
 from .conftest import ROOT, TINY, run_module
 from .test_scale import job_records, leftover_processes
@@ -126,7 +127,7 @@ def test_ddp_runs_as_two_slurm_tasks_of_one_job(tmp_path, jobcomp_log):
     # srun started both ranks, each a task of the job, and Lightning took them from SLURM's variables.
     assert "GLOBAL_RANK: 0, MEMBER: 1/2" in (logs / f"{job}_0_log.err").read_text()
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in (logs / f"{job}_1_log.err").read_text()
-    [recorded] = [entry for entry in finished_jobs(jobcomp_log) if entry["JobId"] == job.split("_")[0]]
+    [recorded] = [entry for entry in finished_jobs(jobcomp_log) if entry["JobId"] == job]
     assert recorded["JobState"] == "COMPLETED" and recorded["ProcCnt"] == "2"
 
     [(name, record)] = job_records(on_slurm).items()
@@ -140,8 +141,7 @@ def test_ddp_runs_as_two_slurm_tasks_of_one_job(tmp_path, jobcomp_log):
 
 def read_losses(folder: Path) -> list[float]:
     """The train and val loss of every evaluation in metrics.csv, in order."""
-    rows = (folder / "metrics.csv").read_text().splitlines()[1:]
-    return [float(value) for row in rows for value in row.split(",")[1:3]]
+    return [loss for row in read_metrics(folder / METRICS) for loss in (row.train_loss, row.val_loss)]
 
 
 @pytest.mark.slow
@@ -157,13 +157,11 @@ def test_a_preempted_job_is_requeued_and_finishes_with_the_uninterrupted_losses(
     try:
         # Past the step-50 evaluation: the job trains; SLURM signals it as ahead of a preemption or time limit.
         deadline = time.monotonic() + SLURM_TIMEOUT
-        while not any(
-            row.startswith("50,") for path in sweep.glob("*/metrics.csv") for row in path.read_text().splitlines()
-        ):
+        while not any(row.step == 50 for path in sweep.glob(f"*/{METRICS}") for row in read_metrics(path)):
             assert sweep_process.poll() is None and time.monotonic() < deadline, "the job never reached step 50"
             time.sleep(0.1)
         [job] = job_ids(sweep)
-        subprocess.run(["scancel", "--signal=USR2", job.split("_")[0]], check=True)
+        subprocess.run(["scancel", "--signal=USR2", job], check=True)
         _, errors = sweep_process.communicate(timeout=SLURM_TIMEOUT)
     finally:
         sweep_process.kill()
@@ -174,8 +172,8 @@ def test_a_preempted_job_is_requeued_and_finishes_with_the_uninterrupted_losses(
     assert "#SBATCH --signal=USR2@120" in (logs / f"{job}_submission.sh").read_text()
     stopped = re.search(r"interrupted by SIGUSR2 at step (\d+)", (logs / f"{job}_0_log.err").read_text())
     assert stopped and 50 <= int(stopped.group(1)) < 300
-    assert re.search(rf"Requeued job {job.split('_')[0]}", (logs / f"{job}_0_log.out").read_text())
-    restarts = [entry for entry in finished_jobs(jobcomp_log) if entry["JobId"] == job.split("_")[0]]
+    assert re.search(rf"Requeued job {job}", (logs / f"{job}_0_log.out").read_text())
+    restarts = [entry for entry in finished_jobs(jobcomp_log) if entry["JobId"] == job]
     assert restarts[-1]["JobState"] == "COMPLETED"
 
     [(name, record)] = job_records(sweep).items()
@@ -184,9 +182,7 @@ def test_a_preempted_job_is_requeued_and_finishes_with_the_uninterrupted_losses(
     proc = run_module("shakegpt.train", *TINY, *longer, f"hydra.run.dir={uninterrupted}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert read_losses(sweep / name) == pytest.approx(read_losses(uninterrupted), abs=LOADED_MACHINE_NOISE)
-    assert [row.split(",")[0] for row in (sweep / name / "metrics.csv").read_text().splitlines()[1:]] == [
-        str(step) for step in range(0, 301, 50)
-    ]
+    assert [row.step for row in read_metrics(sweep / name / METRICS)] == list(range(0, 301, 50))
     assert no_job_left(sweep)
 
 
