@@ -10,8 +10,9 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import EarlyStopping
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
+from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
 from shakegpt.module import GPTModule
 from shakegpt.resume import RunCheckpoints
@@ -41,6 +42,23 @@ def best_val_loss(trainer: L.Trainer) -> float | None:
         if isinstance(callback, RunCheckpoints) and math.isfinite(callback.best_val_loss):
             return callback.best_val_loss
     return None
+
+
+@rank_zero_only  # the other ranks' TensorBoard writers write nothing
+def log_hparams(logger: Logger | None, hparams: dict[str, object]) -> None:
+    """The run's settings for TensorBoard's HParams tab (BEST_VAL_METRIC its measure) and hparams.yaml.
+
+    Lightning's log_hyperparams would also write an experiment summary into every run, which fixes the table's
+    columns to one run's settings in name order (data.* first, model.n_layer off screen). Without it TensorBoard
+    builds the columns from all the runs it shows, those whose values differ first: a sweep's swept settings.
+    """
+    if not isinstance(logger, TensorBoardLogger):
+        return
+    logger.log_hyperparams(hparams)  # hparams.yaml only: without metrics it writes no summary (default_hp_metric)
+    _, session_start, session_end = hparams_summaries(hparams, {BEST_VAL_METRIC: float("nan")})
+    writer = logger.experiment._get_file_writer()  # where Lightning writes its own; SummaryWriter has no public one
+    writer.add_summary(session_start)
+    writer.add_summary(session_end)
 
 
 def early_stopper(trainer: L.Trainer) -> EarlyStopping | None:
@@ -176,9 +194,10 @@ class RunRecord(L.Callback):
     finished, diverged (a loss DIVERGED_FACTOR times the first evaluation's), interrupted, or failed.
     """
 
-    def __init__(self, path: str, label: str) -> None:
+    def __init__(self, path: str, label: str, overrides: str) -> None:
         self.path = Path(path)
-        self.label = label
+        self.label = label  # what tells the run apart (in a sweep, what the sweep varies)
+        self.overrides = overrides  # all of them, comma-separated: reports name those every run shares
         self.first_loss: float | None = None
         self.diverged_at: int | None = None
         # Training time, steps and tokens, and wall time, over every process the run has had (a resumed run
@@ -208,6 +227,7 @@ class RunRecord(L.Callback):
         write_record(
             self.path,
             label=self.label,
+            overrides=self.overrides,
             status="running",
             error=None,  # a resumed run's earlier interruption is over
             started=time.strftime("%Y-%m-%dT%H:%M:%S%z"),

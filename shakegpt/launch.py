@@ -1,7 +1,8 @@
 """The plumbing between Hydra, Lightning's DDP launcher and a training job, kept out of the pipeline in
 shakegpt.train. Each piece is here because one of those tools, left alone, does the wrong thing for us:
 
-- the `pid` and `launcher_nodes` resolvers that conf/ uses (run folder names, trainer.num_nodes);
+- the `pid`, `job_name` and `launcher_nodes` resolvers that conf/ uses (run and sweep job folder names,
+  trainer.num_nodes), and `SweptKeys`, which records what a sweep varies for `job_name`;
 - `accepting_pasted_folders`: Hydra's grammar reads the '=' and ',' of sweep job folder names in `resume=` and
   `ckpt_path=`;
 - `OutputDirCheck`: Hydra shows a traceback when it cannot create the run folder;
@@ -30,6 +31,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from lightning.pytorch.utilities import rank_zero_only
@@ -44,12 +46,57 @@ from shakegpt.rundir import (
     read_record,
     record_failure,
     remove_unstarted,
+    write_atomically,
 )
 
 log = logging.getLogger(__name__)
 
 # Run folders are named by start time and process id, so two runs started in the same second never share one.
 OmegaConf.register_new_resolver("pid", os.getpid, replace=True)
+
+# In a sweep's folder: the settings its jobs vary, one per line (see job_name).
+SWEPT_KEYS = "swept_keys.txt"
+
+
+def read_swept_keys(sweep_dir: Path) -> set[str]:
+    try:
+        return set((sweep_dir / SWEPT_KEYS).read_text().split())
+    except FileNotFoundError:
+        return set()
+
+
+class SweptKeys(Callback):
+    """A Hydra callback: before a sweep's first job, records in the sweep folder which settings the sweep
+    varies (its comma-separated, range() and choice() overrides, and the sweeper's params: Optuna's search
+    space). Keys recorded by an earlier start of the same sweep are kept, so continuing one job of it
+    (resume=true with a single value) finds that job's folder."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: object) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        overrides = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+        keys = {override.key_or_group for override in overrides if override.is_sweep_override()}
+        keys |= set(config.hydra.sweeper.get("params") or {})
+        keys |= read_swept_keys(sweep_dir)
+        write_atomically(sweep_dir / SWEPT_KEYS, "".join(f"{key}\n" for key in sorted(keys)).encode())
+
+
+def job_name() -> str:
+    """A job's name, which is also its label in run.json, reports and TensorBoard: in a sweep, the values it
+    varies (model.n_layer=2,seed=1), which names the job's folder, so that a sweep's runs are told apart at a
+    glance; in a single run, all of its overrides. A sweep that varies nothing, or whose folder has a job folder
+    named by all the overrides (started by an earlier version), names its jobs by all the overrides."""
+    hydra_cfg = HydraConfig.get()
+    all_overrides = hydra_cfg.job.override_dirname
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return all_overrides
+    sweep_dir = Path(hydra_cfg.sweep.dir)
+    swept = read_swept_keys(sweep_dir)
+    overrides = OverridesParser.create().parse_overrides(list(hydra_cfg.overrides.task))
+    name = ",".join(sorted(o.input_line for o in overrides if o.key_or_group in swept))
+    return name if name and not (sweep_dir / all_overrides).is_dir() else all_overrides
+
+
+OmegaConf.register_new_resolver("job_name", job_name, replace=True)
 
 
 def launcher_nodes() -> int:
@@ -251,7 +298,7 @@ def run_job(cfg: DictConfig, job: Callable[[DictConfig], float]) -> float | None
             return job(cfg)
     except FolderInUse as err:
         if multirun and cfg.resume:
-            log.warning("job %s skipped: %s", HydraConfig.get().job.override_dirname, err)
+            log.warning("job %s skipped: %s", output_dir.name, err)
             return None
         raise SystemExit(f"error: {err}") from None
     except Interrupted as err:
@@ -263,7 +310,7 @@ def run_job(cfg: DictConfig, job: Callable[[DictConfig], float]) -> float | None
         if multirun:
             log.error(
                 "job %s failed: %s",
-                HydraConfig.get().job.override_dirname,
+                output_dir.name,
                 err,
                 exc_info=not isinstance(err, (ShakeGPTError, OSError)),
             )

@@ -49,6 +49,7 @@ class Run:
     folder: Path
     label: str
     record: dict[str, Any]
+    overrides: list[str] = field(default_factory=list)
     evals: list[tuple[int, float, float]] = field(default_factory=list)  # step, train loss, val loss
     sample: str | None = None
 
@@ -91,21 +92,22 @@ def find_runs(folders: list[Path]) -> list[Path]:
     return runs
 
 
-def _label(folder: Path, record: dict[str, Any]) -> str:
-    if record.get("label"):
-        return record["label"]
+def _overrides(folder: Path, record: dict[str, Any]) -> list[str]:
+    """The run's overrides: run.json's (from an earlier version, its label, which was all of them), else those
+    in .hydra/overrides.yaml (a run that failed before it started)."""
+    if record.get("overrides") or record.get("label"):
+        return (record.get("overrides") or record["label"]).split(",")
     overrides = folder / ".hydra" / "overrides.yaml"
     if overrides.is_file():
         lines = [line.removeprefix("- ").strip() for line in overrides.read_text().splitlines()]
-        kept = [line for line in lines if line and not line.startswith("hydra.")]
-        if kept:
-            return ",".join(kept)
-    return folder.name
+        return [line for line in lines if line and not line.startswith("hydra.")]
+    return []
 
 
 def load_run(folder: Path) -> Run:
     record = read_record(folder / RUN_RECORD)
-    run = Run(folder, _label(folder, record), record)
+    overrides = _overrides(folder, record)
+    run = Run(folder, ",".join(overrides) or folder.name, record, overrides)
     run.evals = [(row.step, row.train_loss, row.val_loss) for row in read_metrics(folder / METRICS)]
     sample = folder / SAMPLES / "final.txt"
     if sample.is_file():
@@ -216,11 +218,12 @@ def _duration(seconds: float | None) -> str:
 
 
 def shorten_labels(runs: list[Run]) -> list[str]:
-    """Drops the overrides every run shares from the labels; returns those shared overrides."""
-    parts = [run.label.split(",") for run in runs]
-    shared = [p for p in parts[0] if all(p in other for other in parts[1:])] if len(runs) > 1 else []
-    for run, run_parts in zip(runs, parts, strict=True):
-        run.label = ",".join(p for p in run_parts if p not in shared) or run.label
+    """Labels the runs by the overrides that tell them apart (in one sweep, the values it varies, its job folder
+    names; over several sweeps, what else differs too); returns the overrides every run shares."""
+    first, *others = [run.overrides for run in runs]
+    shared = [p for p in first if all(p in other for other in others)] if others else []
+    for run in runs:
+        run.label = ",".join(p for p in run.overrides if p not in shared) or run.label
     return shared
 
 

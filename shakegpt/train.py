@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from shakegpt.callbacks import BEST_VAL_METRIC, best_val_loss
+from shakegpt.callbacks import best_val_loss, log_hparams
 from shakegpt.checkpoint import check_resumable
 from shakegpt.config_dir import config_dir
 from shakegpt.errors import ShakeGPTError
@@ -35,6 +35,9 @@ def flat_hparams(cfg: DictConfig) -> dict[str, object]:
     container = {key: resolved[key] for key in keys}
     # The hardware group's accelerator, devices and precision are defaults for the trainer's, which took effect.
     container["hardware"] = {key: v for key, v in container["hardware"].items() if key not in resolved["trainer"]}
+    # The run's folder differs in every run and says nothing about it: as a column it would come before the
+    # settings a sweep varies (TensorBoard puts the columns whose values differ first).
+    container["trainer"] = {key: v for key, v in container["trainer"].items() if key != "default_root_dir"}
     flat: dict[str, object] = {}
 
     def walk(prefix: str, node: object) -> None:
@@ -135,7 +138,7 @@ def train(cfg: DictConfig) -> float:
         check_resumable(start.checkpoint, module.hparams.model_config, module.hparams.vocab)
     print(f"{module.model.num_parameters() / 1e6:.6f} M parameters", flush=True)
     if start.checkpoint is None:  # a resumed run's TensorBoard folder has them already
-        trainer.logger.log_hyperparams(flat_hparams(cfg), metrics={BEST_VAL_METRIC: float("nan")})
+        log_hparams(trainer.logger, flat_hparams(cfg))
     trainer.fit(module, datamodule=datamodule, ckpt_path=start.checkpoint)
     wait_for_ranks(trainer)
     best = best_val_loss(trainer)

@@ -43,8 +43,8 @@ def test_results_csv_holds_the_table(sweep, tmp_path):
 @pytest.mark.slow  # the sweep fixture: a real sweep
 def test_a_single_run_folder_reports_too(sweep, tmp_path):
     folder, _ = sweep
-    report = write_report([folder / "experiment=smoke,hardware=cpu,model.n_layer=1"], tmp_path)
-    assert "| `experiment=smoke,hardware=cpu,model.n_layer=1` |" in report.read_text()
+    report = write_report([folder / "model.n_layer=1"], tmp_path)
+    assert "| `experiment=smoke,hardware=cpu,model.n_layer=1` |" in report.read_text()  # alone: all its overrides
 
 
 def test_a_folder_without_runs_is_refused(tmp_path, capsys):
@@ -93,6 +93,23 @@ def test_one_seed_per_setting_reports_as_before(tmp_path):
     assert "| 1.9000 (2.7411 bpc, step 10) |" in report  # best val 1.9 at step 10, in nats and bits
     with (tmp_path / "results.csv").open() as f:
         assert [row["kind"] for row in csv.DictReader(f)] == ["run", "run"]
+
+
+def test_a_report_over_several_sweeps_labels_runs_by_all_that_differs(tmp_path):
+    """Job folders (and run.json labels) name only what their sweep varies: two sweeps over model.n_layer at
+    two learning rates have the same names, which the report tells apart by the overrides that differ."""
+    for lr in ("1e-3", "3e-4"):
+        for n_layer in (1, 2):
+            run = tmp_path / f"sweep_lr{lr}" / f"model.n_layer={n_layer}"
+            overrides = f"experiment=smoke,model.n_layer={n_layer},optimizer.lr={lr}"
+            (run / ".hydra").mkdir(parents=True)
+            write_record(run / "run.json", status="finished", label=run.name, overrides=overrides)
+            write_metrics(run / "metrics.csv", [EvalRow(0, 4.2, 4.2, 0.0), EvalRow(10, 3.0, 3.1, 1.0)])
+    report = write_report([tmp_path]).read_text()
+    assert "Every run: `experiment=smoke`." in report
+    for lr in ("1e-3", "3e-4"):
+        for n_layer in (1, 2):
+            assert f"| `model.n_layer={n_layer},optimizer.lr={lr}` |" in report
 
 
 @pytest.mark.slow  # a real sweep over two seeds

@@ -5,11 +5,14 @@ import json
 import math
 import os
 import re
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 import torch
 from omegaconf import OmegaConf
+from tensorboard import program
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
@@ -24,10 +27,6 @@ from .conftest import TINY, run_module
 # The real training, sampling and evaluation entry points, in subprocesses: seconds each
 # (`pytest -m "not slow"` leaves them out).
 pytestmark = pytest.mark.slow
-
-# Job folders are named by all of a job's overrides, in Hydra's order (sorted by key).
-LABEL = "experiment=smoke,hardware=cpu"
-
 
 LOSSES = r"train loss ([\d.]+), val loss ([\d.]+) \(([\d.]+) / ([\d.]+) bpc\)"
 
@@ -75,6 +74,8 @@ def test_tensorboard_has_both_losses_the_hparams_and_text_samples(run):
     assert val[-1] < val[0]
     assert acc.Scalars("hp/best_val_loss")[-1].value == pytest.approx(min(val))
     assert "_hparams_/session_start_info" in acc.summary_metadata
+    # No experiment summary: TensorBoard then orders the HParams columns with a sweep's swept settings first.
+    assert "_hparams_/experiment" not in acc.summary_metadata
     assert [event.step for event in acc.Tensors("samples/eval/text_summary")] == [0, 10, 20]
     assert len(acc.Tensors("samples/final/text_summary")) == 1
 
@@ -125,7 +126,7 @@ def test_generate_cli_samples_from_a_run_folder(run, tmp_path):
 
 def test_a_sweep_jobs_folder_is_pasted_into_ckpt_path_as_it_is(sweep, tmp_path):
     folder, _ = sweep
-    job = folder / f"{LABEL},model.n_layer=1"  # '=' and ',' in the name, which Hydra's grammar reads
+    job = folder / "model.n_layer=1"  # '=' in the name, which Hydra's grammar reads (',' too: test_launch.py)
     proc = run_module("shakegpt.generate", f"ckpt_path={job}", "max_new_tokens=10", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert len(proc.stdout) >= 10
@@ -176,12 +177,14 @@ def test_resume_continues_from_the_last_checkpoint(run, tmp_path):
     assert "dataloader is not resumable" not in proc.stderr  # ours are: known noise, kept off the console
 
 
-def test_sweep_gives_one_folder_per_job_named_by_its_overrides(sweep):
+def test_sweep_gives_one_folder_per_job_named_by_what_the_sweep_varies(sweep):
     folder, proc = sweep
     jobs = sorted(path.name for path in folder.iterdir() if path.is_dir())
-    assert jobs == [f"{LABEL},model.n_layer={n}" for n in (1, 2, 5)]
+    assert jobs == [f"model.n_layer={n}" for n in (1, 2, 5)]  # the overrides all jobs share are not repeated
+    assert (folder / "swept_keys.txt").read_text() == "model.n_layer\n"
     for n_layer in (1, 2):
-        job = folder / f"{LABEL},model.n_layer={n_layer}"
+        job = folder / f"model.n_layer={n_layer}"
+        assert json.loads((job / "run.json").read_text())["label"] == f"model.n_layer={n_layer}"
         checkpoint = torch.load(job / "checkpoints" / "last.ckpt", weights_only=True)
         config = checkpoint["hyper_parameters"]["model_config"]
         assert config["n_layer"] == config["n_head"] == n_layer
@@ -189,13 +192,37 @@ def test_sweep_gives_one_folder_per_job_named_by_its_overrides(sweep):
     assert not (folder.parent / "outputs").exists()
 
 
+def test_tensorboard_tells_a_sweeps_runs_apart(sweep):
+    """Asked through TensorBoard's own server, as its HParams table asks: the rows (trials, also the run names of
+    the Time Series view) are the swept values, and the first columns the swept settings."""
+    folder, _ = sweep
+    tensorboard = program.TensorBoard()
+    tensorboard.configure(argv=[None, "--logdir", str(folder), "--port", "0", "--load_fast", "false"])
+    url = tensorboard.launch()  # a daemon thread: it ends with the tests
+
+    def ask(endpoint: str, request: dict) -> dict:
+        body = json.dumps({"experimentName": "", **request}).encode()
+        headers = {"Content-Type": "application/json"}
+        post = urllib.request.Request(f"{url}data/plugin/hparams/{endpoint}", data=body, headers=headers)
+        with urllib.request.urlopen(post, timeout=30) as response:
+            return json.loads(response.read())
+
+    deadline = time.monotonic() + 60
+    while not (experiment := ask("experiment", {})).get("hparamInfos") and time.monotonic() < deadline:
+        time.sleep(0.5)  # TensorBoard reads the event files in the background
+    assert [info["name"] for info in experiment["hparamInfos"][:2]] == ["model.n_head", "model.n_layer"]
+    assert not any(info.get("differs") for info in experiment["hparamInfos"][2:])
+    trials = ask("session_groups", {"allowedStatuses": ["STATUS_SUCCESS"], "startIndex": 0, "sliceSize": 10})
+    assert sorted(group["name"] for group in trials["sessionGroups"]) == ["model.n_layer=1", "model.n_layer=2"]
+
+
 def test_a_failed_sweep_job_is_recorded_and_the_others_go_on(sweep):
     folder, proc = sweep
-    record = json.loads((folder / f"{LABEL},model.n_layer=5" / "run.json").read_text())
+    record = json.loads((folder / "model.n_layer=5" / "run.json").read_text())
     assert record["status"] == "failed"
     assert "not divisible" in record["error"]
     assert "1 job(s) did not finish" in proc.stderr + proc.stdout
-    assert json.loads((folder / f"{LABEL},model.n_layer=2" / "run.json").read_text())["status"] == "finished"
+    assert json.loads((folder / "model.n_layer=2" / "run.json").read_text())["status"] == "finished"
 
 
 @pytest.mark.parametrize(
