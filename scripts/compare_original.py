@@ -82,8 +82,10 @@ def compare(label: str, folder: Path, original: Curve, lines: list[str]) -> str:
     plot(label, original, ours, folder / "vs_original.png")
     link = folder.relative_to(folder.parents[1] if "," in label else folder.parent) / "vs_original.png"
     planned = max(original) + (1 if max(original) > 99 else 0)
+    trained = int(float(summary["steps"] or 0))  # an interrupted run may have trained past its last evaluation
+    past = f", trained to {trained}" if trained > max(ours) else ""
     return (
-        f"| {label} | step {max(ours)} of {planned} ({summary['status']}) | {summary['device']}, "
+        f"| {label} | step {max(ours)} of {planned}{past} ({summary['status']}) | {summary['device']}, "
         f"{summary['precision']} | {float(summary['wall_s'] or 0) / 60:.0f} min "
         f"| {float(summary['best_val_loss']):.4f} ({summary['best_step']}) | [vs_original.png]({link}) |"
     )
