@@ -55,11 +55,14 @@ from shakegpt.train import build
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH, BLOCK, N_EMBD, DROPOUT, VOCAB = 64, 256, 384, 0.2, 65
+# Run folders and token files of this process, removed when it exits (a training contender's run folder holds
+# checkpoints: hundreds of MB per configuration).
+SCRATCH = tempfile.TemporaryDirectory(prefix="shakegpt-bench-")
 
 
 # --- helpers ---------------------------------------------------------------------------------------------
 def config(hardware: str, n_layer: int, *overrides: str):
-    out = tempfile.mkdtemp(prefix="shakegpt-bench-")
+    out = tempfile.mkdtemp(dir=SCRATCH.name)
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         return compose(
             config_name="train",
@@ -204,7 +207,7 @@ def time_batch_gathering(contender: str, rounds: int = 50) -> float:
             starts = torch.randint(len(tensor) - BLOCK, (BATCH,))
             return torch.stack([tensor[i : i + BLOCK + 1] for i in starts])
     else:
-        folder = Path(tempfile.mkdtemp(prefix="shakegpt-bench-"))
+        folder = Path(tempfile.mkdtemp(dir=SCRATCH.name))
         tokens.tofile(folder / "ids")  # as the token cache holds them, read by position
         ids = TokenFile(folder / "ids", tokens.dtype, 0, len(tokens))
         windows = RandomWindows(ids, BLOCK, BATCH, seed=0, stream=0, rank=0, start=0, stop=rounds)
