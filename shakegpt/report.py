@@ -269,7 +269,9 @@ def markdown(runs: list[Run], rows: list[dict[str, Any]], shared: list[str], gro
     lines += ["", "![loss curves](loss_curves.png)", "", "![best val loss against parameters](scaling.png)", ""]
     for run in runs:
         lines += [f"## `{run.label}`", ""]
-        if run.record.get("error"):
+        if run.status == "interrupted":  # no failure: resume=true continues it exactly
+            lines += [f"Interrupted at step {run.record.get('steps')}; `resume=true` continues it.", ""]
+        elif run.record.get("error"):
             lines += [f"Failed: `{run.record['error']}`", ""]
         if run.status == "stopped early":
             lines += [f"Stopped early at step {run.record.get('steps')}: {run.record.get('stop_reason')}.", ""]

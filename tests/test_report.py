@@ -72,6 +72,20 @@ def hand_made_sweep(folder, seeds, finals):
         write_metrics(run / "metrics.csv", rows)
 
 
+def test_an_interrupted_run_is_reported_as_resumable_and_a_failed_one_as_failed(tmp_path):
+    for name, status, error in [
+        ("a", "interrupted", "Interrupted: interrupted by SIGTERM at step 734"),
+        ("b", "failed", "RuntimeError: out of memory"),
+    ]:
+        run = tmp_path / name
+        (run / ".hydra").mkdir(parents=True)
+        write_record(run / "run.json", status=status, error=error, steps=734)
+        write_metrics(run / "metrics.csv", [EvalRow(0, 4.2, 4.2, 0.0), EvalRow(500, 2.0, 2.1, 1.0)])
+    text = write_report([tmp_path]).read_text()
+    assert "Interrupted at step 734; `resume=true` continues it." in text and "SIGTERM" not in text
+    assert "Failed: `RuntimeError: out of memory`" in text
+
+
 def test_runs_differing_only_by_seed_are_reported_as_groups(tmp_path):
     finals = [2.0, 2.2, 2.4, 1.5, 1.6, 1.7]  # n_layer 1: seeds 1-3, then n_layer 2: seeds 1-3
     hand_made_sweep(tmp_path, (1, 2, 3), finals)
