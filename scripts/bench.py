@@ -2,7 +2,7 @@
 
     python scripts/bench.py                         # n_layer 1 2 6 12 on this machine's CPU settings
     python scripts/bench.py --layers 6 12 --rounds 3 --json
-    python scripts/bench.py --hardware cuda --layers 6 12
+    python scripts/bench.py --hardware cuda --layers 6 12 -- hardware.compile=true
 
 Contenders, at the classic config (batch 64, block 256, n_embd 384, dropout 0.2, AdamW 3e-4):
   reference  the classic single-file script's model (scripts/classic_gpt.py): one module per head, masked
@@ -44,9 +44,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 from classic_gpt import ClassicConfig, ClassicGPT  # scripts/ is on sys.path when this script runs
-from hydra import compose, initialize_config_dir
 
-from shakegpt.config_dir import config_dir
+from shakegpt.compose import job_config
 from shakegpt.data import RandomWindows
 from shakegpt.hardware import matmul_gflops
 from shakegpt.model import GPT, GPTConfig
@@ -62,18 +61,9 @@ SCRATCH = tempfile.TemporaryDirectory(prefix="shakegpt-bench-")
 
 # --- helpers ---------------------------------------------------------------------------------------------
 def config(hardware: str, n_layer: int, *overrides: str):
+    """The config `python -m shakegpt.train` would run with, in a run folder of this process's own."""
     out = tempfile.mkdtemp(dir=SCRATCH.name)
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        return compose(
-            config_name="train",
-            overrides=[
-                f"hardware={hardware}",
-                f"model.n_layer={n_layer}",
-                f"paths.output_dir={out}",
-                "callbacks.run_record.label=bench",
-                *overrides,
-            ],
-        )
+    return job_config([f"hardware={hardware}", f"model.n_layer={n_layer}", f"paths.output_dir={out}", *overrides])
 
 
 def sync(device: torch.device) -> None:
@@ -176,18 +166,18 @@ def lightning_overrides(steps: int, eval_batches: int) -> list[str]:
     ]
 
 
-def time_lightning_training(hardware: str, n_layer: int, steps: int) -> float:
+def time_lightning_training(hardware: str, n_layer: int, steps: int, overrides: list[str]) -> float:
     timer = StepTimer(steps)
     # The warm-up step, the timed steps, and the last step (with the checkpoint write) untimed.
-    overrides = lightning_overrides(steps + 1, 0)
-    trainer, module, datamodule = build(config(hardware, n_layer, *overrides), callbacks=[timer])
+    cfg = config(hardware, n_layer, *overrides, *lightning_overrides(steps + 1, 0))
+    trainer, module, datamodule = build(cfg, callbacks=[timer])
     with contextlib.redirect_stdout(sys.stderr):  # the progress bar runs, but stdout stays for the results
         trainer.fit(module, datamodule=datamodule)
     return steps * BATCH * BLOCK / (timer.end - timer.start)
 
 
-def time_lightning_eval(hardware: str, n_layer: int, n_batches: int) -> float:
-    trainer, module, datamodule = build(config(hardware, n_layer, *lightning_overrides(0, n_batches)))
+def time_lightning_eval(hardware: str, n_layer: int, n_batches: int, overrides: list[str]) -> float:
+    trainer, module, datamodule = build(config(hardware, n_layer, *overrides, *lightning_overrides(0, n_batches)))
     with contextlib.redirect_stdout(sys.stderr):
         trainer.validate(module, datamodule=datamodule, verbose=False)  # warm-up
         sync(module.device)
@@ -219,27 +209,35 @@ def time_batch_gathering(contender: str, rounds: int = 50) -> float:
     return rounds * BATCH / (time.perf_counter() - start)
 
 
-def peak_memory_mb(contender: str, hardware: str, n_layer: int) -> float | None:
-    """Peak memory of two training steps of one contender, alone in a fresh process; None if it was killed
-    (out of memory)."""
+def peak_memory_mb(contender: str, hardware: str, n_layer: int, overrides: list[str]) -> dict:
+    """Peak memory of two training steps of one contender, alone in a fresh process: {"peak_mb": MB}, or
+    {"peak_mb": None, "error": why} when it failed: "killed" by a signal (out of memory, mostly) or "crashed",
+    with the exception in one line."""
     script = (
-        "import sys, json; sys.argv = ['bench']; import bench; "
-        f"print(json.dumps(bench.measure_memory({contender!r}, {hardware!r}, {n_layer})))"
+        "import sys, json; sys.argv = ['bench']; import bench\n"
+        f"try: peak = bench.measure_memory({contender!r}, {hardware!r}, {n_layer}, {overrides!r})\n"
+        "except Exception as err: row = {'peak_mb': None, 'error': 'crashed: ' + bench.one_line(err)}\n"
+        "else: row = {'peak_mb': round(peak)}\n"
+        "print(json.dumps(row))"
     )
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'scripts'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=False)
-    if proc.returncode != 0:
-        return None
-    return round(json.loads(proc.stdout.strip().splitlines()[-1]))
+    if proc.returncode < 0:
+        return {"peak_mb": None, "error": f"killed by signal {-proc.returncode} (out of memory?)"}
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if not rows:  # it died before it could say why
+        last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+        return {"peak_mb": None, "error": f"crashed: {last}"}
+    return json.loads(rows[-1])
 
 
-def measure_memory(contender: str, hardware: str, n_layer: int) -> float:
-    cfg = config(hardware, n_layer)
+def measure_memory(contender: str, hardware: str, n_layer: int, overrides: list[str]) -> float:
+    cfg = config(hardware, n_layer, *overrides)
     device = torch.device("cuda" if cfg.hardware.accelerator in ("cuda", "gpu") else "cpu")
     if contender == "lightning":
-        time_lightning_training(hardware, n_layer, steps=1)
+        time_lightning_training(hardware, n_layer, 1, overrides)
     else:
-        model = reference_gpt(n_layer) if contender == "reference" else GPT(gpt_config(n_layer))
+        model = reference_gpt(n_layer) if contender == "reference" else our_gpt(n_layer, cfg.hardware.compile)
         precision = "32-true" if contender == "reference" else cfg.hardware.precision
         fused = None if contender == "reference" else cfg.hardware.fused_optimizer
         time_plain_training(model.to(device), device, precision, fused, steps=1)
@@ -248,14 +246,25 @@ def measure_memory(contender: str, hardware: str, n_layer: int) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def gpt_config(n_layer: int) -> GPTConfig:
-    return GPTConfig(
-        vocab_size=VOCAB, block_size=BLOCK, n_layer=n_layer, n_head=n_layer, n_embd=N_EMBD, dropout=DROPOUT
+def our_gpt(n_layer: int, compile: bool) -> GPT:
+    """Our GPT at the classic config, compiled in place where the hardware config compiles (as build() does)."""
+    model = GPT(
+        GPTConfig(vocab_size=VOCAB, block_size=BLOCK, n_layer=n_layer, n_head=n_layer, n_embd=N_EMBD, dropout=DROPOUT)
     )
+    if compile:
+        model.compile()
+    return model
 
 
 def reference_gpt(n_layer: int) -> ClassicGPT:
     return ClassicGPT(ClassicConfig(VOCAB, BLOCK, n_layer, n_layer, N_EMBD, DROPOUT))
+
+
+def one_line(err: BaseException, limit: int = 300) -> str:
+    """An exception as one line: its type and its message's lines joined, cut at limit characters."""
+    text = " / ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    text = f"{type(err).__name__}: {text}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def free() -> None:
@@ -269,13 +278,14 @@ Emit = Callable[[dict], None]
 
 
 def bench_memory(args, emit: Emit) -> dict[tuple[str, int], bool]:
-    """Peak memory of each training contender, in fresh processes; which of them fit in memory."""
+    """Peak memory of each training contender, in fresh processes; which of them fit in memory (a contender
+    that crashed fits: it crashes again in the timed rounds, which report why)."""
     fits = {}
     for n_layer in args.layers:
         for name in ("reference", "model", "lightning"):
-            peak_mb = peak_memory_mb(name, args.hardware, n_layer)
-            fits[name, n_layer] = peak_mb is not None
-            emit({"kind": "memory", "contender": name, "n_layer": n_layer, "peak_mb": peak_mb})
+            measured = peak_memory_mb(name, args.hardware, n_layer, args.overrides)
+            fits[name, n_layer] = not measured.get("error", "").startswith("killed")
+            emit({"kind": "memory", "contender": name, "n_layer": n_layer, **measured})
     return fits
 
 
@@ -304,13 +314,15 @@ def bench_steps(args, n_layer: int, models, device, hw, fits, peaks: dict[str, f
         "train": {
             "reference": partial(time_plain_training, reference, device, "32-true", None, args.steps),
             "model": partial(time_plain_training, ours, device, hw.precision, hw.fused_optimizer, args.steps),
-            "lightning": partial(time_lightning_training, args.hardware, n_layer, args.steps),
+            "lightning": partial(time_lightning_training, args.hardware, n_layer, args.steps, args.overrides),
         },
         "eval": {
             "reference": partial(time_plain_eval, reference, device, "32-true", args.eval_batches),
             "model": partial(time_plain_eval, ours, device, hw.precision, args.eval_batches),
             # Lightning evaluates both splits: half the batches each, the same total.
-            "lightning": partial(time_lightning_eval, args.hardware, n_layer, max(1, args.eval_batches // 2)),
+            "lightning": partial(
+                time_lightning_eval, args.hardware, n_layer, max(1, args.eval_batches // 2), args.overrides
+            ),
         },
     }
     if hw.precision != "32-true":  # is the mixed precision worth it on this machine?
@@ -322,12 +334,19 @@ def bench_steps(args, n_layer: int, models, device, hw, fits, peaks: dict[str, f
     for kind, contenders in kinds.items():
         if kind in args.skip:
             continue
-        if kind == "train":
-            contenders = {name: f for name, f in contenders.items() if fits.get((name, n_layer), True)}
+        row = {"kind": kind, "n_layer": n_layer}
+        if kind == "train":  # one that does not fit would take the whole benchmark down with it
+            for name in [name for name in contenders if not fits.get((name, n_layer), True)]:
+                emit({**row, "contender": name, "skipped": "out of memory (its memory probe was killed)"})
+                del contenders[name]
         samples: dict[str, list[float]] = {name: [] for name in contenders}
         for _ in range(args.rounds):
-            for name, measure in contenders.items():
-                samples[name].append(measure())
+            for name, measure in list(contenders.items()):
+                try:
+                    samples[name].append(measure())
+                except Exception as err:  # reported, and the other contenders go on
+                    emit({**row, "contender": name, "error": one_line(err)})
+                    del contenders[name], samples[name]
                 free()
         flops = train_flops if kind == "train" else train_flops / 3
         for name, (tokens_per_s, ratio) in paired(samples, "reference").items():
@@ -391,9 +410,13 @@ def main() -> None:
         "--skip", nargs="*", default=[], choices=["train", "eval", "generate", "memory", "gemm", "batch"]
     )
     parser.add_argument("--json", action="store_true", help="one JSON object per line per measurement")
+    parser.add_argument(
+        "--generate-layers", type=int, nargs="*", default=[6, 12], help="the n_layer values whose sampling is timed"
+    )
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for every contender, after --")
     args = parser.parse_args()
 
-    hw = config(args.hardware, 1).hardware
+    hw = config(args.hardware, 1, *args.overrides).hardware
     device = torch.device("cuda" if hw.accelerator in ("cuda", "gpu") else "cpu")
     torch.set_float32_matmul_precision(hw.matmul_precision)
     results: list[dict] = []
@@ -412,9 +435,9 @@ def main() -> None:
         bench_batches(args, emit)
     for n_layer in args.layers:
         torch.manual_seed(0)
-        models = reference_gpt(n_layer).to(device), GPT(gpt_config(n_layer)).to(device)
+        models = reference_gpt(n_layer).to(device), our_gpt(n_layer, hw.compile).to(device)
         bench_steps(args, n_layer, models, device, hw, fits, peaks, emit)
-        if "generate" not in args.skip and n_layer >= 6:
+        if "generate" not in args.skip and n_layer in args.generate_layers:
             bench_generation(args, n_layer, models, device, emit)
         del models
         free()
@@ -436,11 +459,15 @@ def print_table(results: list[dict], args, device) -> None:
                 f"{'batch':<9}{row['contender']:<16}{'':>8}{'':>8}{row['windows_per_s']:>10,} windows/s {ratio:>5.2f}"
             )
             continue
+        failed = row.get("error") or row.get("skipped")
+        if failed:
+            print(f"{row['kind']:<9}{row['contender']:<16}{row['n_layer']:>8}  {failed}")
+            continue
         tps = f"{row['tokens_per_s']:,}" if "tokens_per_s" in row else ""
         ratio = f"{row['ratio_vs_reference']:.2f}" if row.get("ratio_vs_reference") is not None else ""
         mfu = f"{row['mfu']:.1%}" if row.get("mfu") is not None else ""
         extra = str(row.get("new_tokens", ""))
-        peak = ("killed" if row["peak_mb"] is None else f"{row['peak_mb']:,}") if "peak_mb" in row else ""
+        peak = f"{row['peak_mb']:,}" if "peak_mb" in row else ""
         print(
             f"{row['kind']:<9}{row['contender']:<16}{row['n_layer']:>8}{extra:>8}{tps:>12}{ratio:>8}{mfu:>7}{peak:>9}"
         )

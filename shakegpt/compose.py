@@ -1,0 +1,31 @@
+"""A run's config composed outside a Hydra app (benchmarks, profiles, the GPU check, tests), resolved as a job
+of `python -m shakegpt.train` would see it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+import shakegpt.launch  # noqa: F401  (registers the resolvers conf/ uses: job_name, launcher_nodes, pid)
+from shakegpt.config_dir import config_dir
+
+
+def job_config(overrides: Sequence[str], config_name: str = "train") -> DictConfig:
+    """The config a single run with these overrides gets, every interpolation resolved (`${hydra:...}` ones too,
+    which need Hydra's own config set while they resolve), without the `hydra` node. A run's folder must be
+    given (`paths.output_dir=...`) where the config writes one: outside an app Hydra creates none."""
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
+    hydra_config = HydraConfig.instance()
+    previous, hydra_config.cfg = hydra_config.cfg, None
+    hydra_config.set_config(cfg)
+    try:
+        with open_dict(cfg):
+            del cfg["hydra"]  # kept in HydraConfig for the `${hydra:...}` interpolations
+        OmegaConf.resolve(cfg)
+    finally:
+        hydra_config.cfg = previous
+    return cfg
