@@ -47,7 +47,7 @@ from classic_gpt import ClassicConfig, ClassicGPT  # scripts/ is on sys.path whe
 
 from shakegpt.compose import job_config
 from shakegpt.data import RandomWindows
-from shakegpt.hardware import matmul_gflops
+from shakegpt.hardware import matmul_gflops, pick_device, synchronize
 from shakegpt.model import GPT, GPTConfig
 from shakegpt.token_cache import TokenFile
 from shakegpt.train import build
@@ -64,11 +64,6 @@ def config(hardware: str, n_layer: int, *overrides: str):
     """The config `python -m shakegpt.train` would run with, in a run folder of this process's own."""
     out = tempfile.mkdtemp(dir=SCRATCH.name)
     return job_config([f"hardware={hardware}", f"model.n_layer={n_layer}", f"paths.output_dir={out}", *overrides])
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def autocast(device: torch.device, precision: str):
@@ -93,11 +88,11 @@ def time_tokens(step: Callable[[torch.Tensor, torch.Tensor], object], device: to
     """Tokens per second of step over n_batches batches, after one warm-up batch."""
     data = batches(device, n_batches + 1)
     step(*data[0])
-    sync(device)
+    synchronize(device)
     start = time.perf_counter()
     for x, y in data[1:]:
         step(x, y)
-    sync(device)
+    synchronize(device)
     return n_batches * BATCH * BLOCK / (time.perf_counter() - start)
 
 
@@ -147,12 +142,12 @@ class StepTimer(L.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == 1:
-            sync(pl_module.device)
+            synchronize(pl_module.device)
             self.start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step == 1 + self.steps:
-            sync(pl_module.device)
+            synchronize(pl_module.device)
             self.end = time.perf_counter()
 
 
@@ -180,10 +175,10 @@ def time_lightning_eval(hardware: str, n_layer: int, n_batches: int, overrides: 
     trainer, module, datamodule = build(config(hardware, n_layer, *overrides, *lightning_overrides(0, n_batches)))
     with contextlib.redirect_stdout(sys.stderr):
         trainer.validate(module, datamodule=datamodule, verbose=False)  # warm-up
-        sync(module.device)
+        synchronize(module.device)
         start = time.perf_counter()
         trainer.validate(module, datamodule=datamodule, verbose=False)
-        sync(module.device)
+        synchronize(module.device)
     return 2 * n_batches * BATCH * BLOCK / (time.perf_counter() - start)
 
 
@@ -233,7 +228,7 @@ def peak_memory_mb(contender: str, hardware: str, n_layer: int, overrides: list[
 
 def measure_memory(contender: str, hardware: str, n_layer: int, overrides: list[str]) -> float:
     cfg = config(hardware, n_layer, *overrides)
-    device = torch.device("cuda" if cfg.hardware.accelerator in ("cuda", "gpu") else "cpu")
+    device = device_of(cfg.hardware.accelerator)
     if contender == "lightning":
         time_lightning_training(hardware, n_layer, 1, overrides)
     else:
@@ -258,6 +253,11 @@ def our_gpt(n_layer: int, compile: bool) -> GPT:
 
 def reference_gpt(n_layer: int) -> ClassicGPT:
     return ClassicGPT(ClassicConfig(VOCAB, BLOCK, n_layer, n_layer, N_EMBD, DROPOUT))
+
+
+def device_of(accelerator: str) -> torch.device:
+    """The device a hardware config's accelerator trains on (auto: CUDA, then MPS, then the CPU, as Lightning)."""
+    return torch.device(pick_device("cuda" if accelerator == "gpu" else accelerator))
 
 
 def one_line(err: BaseException, limit: int = 300) -> str:
@@ -383,7 +383,7 @@ def bench_generation(args, n_layer: int, models, device, emit: Emit) -> None:
             for name, sample in samplers.items():
                 start = time.perf_counter()
                 sample()
-                sync(device)
+                synchronize(device)
                 samples[name].append(new_tokens / (time.perf_counter() - start))
         for name, (tokens_per_s, ratio) in paired(samples, "recompute").items():
             emit(
@@ -417,7 +417,7 @@ def main() -> None:
     args = parser.parse_args()
 
     hw = config(args.hardware, 1, *args.overrides).hardware
-    device = torch.device("cuda" if hw.accelerator in ("cuda", "gpu") else "cpu")
+    device = device_of(hw.accelerator)
     torch.set_float32_matmul_precision(hw.matmul_precision)
     results: list[dict] = []
 

@@ -82,16 +82,24 @@ OmegaConf.register_new_resolver("gpus_to_request", gpus_to_request, replace=True
 def matmul_gflops(dtype: torch.dtype, size: int = 512, repeats: int = 5, device: str | torch.device = "cpu") -> float:
     """The best of a few size x size matrix products, in GFLOP/s (also scripts/bench.py's GEMM peak)."""
     a, b = (torch.randn(size, size, dtype=dtype, device=device) for _ in range(2))
-    synchronize = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     a @ b
     best = math.inf
     for _ in range(repeats):
-        synchronize()
+        synchronize(device)
         start = time.perf_counter()
         a @ b
-        synchronize()
+        synchronize(device)
         best = min(best, time.perf_counter() - start)
     return 2 * size**3 / best / 1e9
+
+
+def synchronize(device: str | torch.device) -> None:
+    """Wait for the device's queued work (CUDA and MPS run asynchronously), so that a clock around it is true."""
+    kind = torch.device(device).type
+    if kind == "cuda":
+        torch.cuda.synchronize(device)
+    elif kind == "mps":
+        torch.mps.synchronize()
 
 
 def check_accelerator(accelerator: str, setting: str = "hardware") -> None:

@@ -58,6 +58,26 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         write_atomically(Path(path), buffer.getbuffer())
 
 
+def rng_states() -> dict[str, Any]:
+    """The global generators' states: dropout draws from the CPU's on the CPU, from the device's own on CUDA
+    (SDPA's dropout included) and MPS, so a resumed run continues exactly only with all of them."""
+    states: dict[str, Any] = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.backends.mps.is_available():
+        states["mps"] = torch.mps.get_rng_state()
+    return states
+
+
+def restore_rng_states(states: dict[str, Any]) -> None:
+    """Put back what rng_states() saved, for the devices present here."""
+    torch.set_rng_state(states["cpu"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    if "mps" in states and torch.backends.mps.is_available():
+        torch.mps.set_rng_state(states["mps"])
+
+
 def is_eval_step(trainer: L.Trainer, step: int) -> bool:
     """Evaluations come at step 0, every val_check_interval steps, and after the last step."""
     return step == trainer.max_steps or step % int(trainer.val_check_interval) == 0
@@ -109,10 +129,7 @@ class RunCheckpoints(L.Callback):
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         checkpoint[RESUME_KEY] = {"eval_pending": self._eval_pending, "settings": self.settings}
-        # Dropout draws from the global generators; their states make a resumed run continue exactly.
-        checkpoint[RNG_KEY] = {"cpu": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            checkpoint[RNG_KEY]["cuda"] = torch.cuda.get_rng_state_all()
+        checkpoint[RNG_KEY] = rng_states()
 
     def _save(self, trainer: L.Trainer, pl_module: L.LightningModule, path: Path, eval_pending: bool) -> None:
         if not all(torch.isfinite(p).all() for p in pl_module.parameters()):
@@ -149,9 +166,7 @@ class RunCheckpoints(L.Callback):
         # Restored here, not on load: Lightning re-seeds the global generators after its sanity check.
         states, self._rng_states_to_restore = self._rng_states_to_restore, None
         if states is not None:
-            torch.set_rng_state(states["cpu"])
-            if "cuda" in states and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(states["cuda"])
+            restore_rng_states(states)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         for signum, handler in self._previous_handlers.items():
