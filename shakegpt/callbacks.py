@@ -154,7 +154,7 @@ class TextSamples(L.Callback):
     def __init__(
         self,
         out_dir: str,
-        prompt: str = "\n",
+        prompt: str | None = None,
         eval_tokens: int = 200,
         final_tokens: int = 500,
         temperature: float = 1.0,

@@ -62,6 +62,8 @@ def locate_corpus(path: str | None, data_dir: str, url: str, sha256: str) -> Pat
     downloaded there when missing and checked against its sha256."""
     if path is not None:
         corpus = Path(path).expanduser().resolve()
+        if corpus.is_dir():
+            raise ShakeGPTError(f"data.path={path} is a folder: give the text file in it to train on")
         if not corpus.is_file():
             raise ShakeGPTError(f"data.path={path} does not exist (looked at {corpus})")
         return corpus

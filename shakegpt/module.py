@@ -89,14 +89,17 @@ class GPTModule(L.LightningModule):
 
     def sample(
         self,
-        prompt: str,
+        prompt: str | None,
         max_new_tokens: int,
         temperature: float = 1.0,
         top_k: int | None = None,
         seed: int = 1337,
         kv_cache: KVCacheMode = "exact",
     ) -> str:
-        """prompt followed by max_new_tokens sampled characters, in eval mode, without touching the global RNG."""
+        """prompt (None: the tokenizer's default) followed by max_new_tokens sampled characters, in eval mode,
+        without touching the global RNG."""
+        if prompt is None:
+            prompt = self.tokenizer.default_prompt
         if not prompt:
             raise ShakeGPTError("the prompt is empty: give at least one character, e.g. a newline")
         was_training = self.model.training

@@ -146,3 +146,8 @@ def test_unusable_corpora_are_refused(tmp_path, content, message):
 def test_a_missing_data_path_is_named(tmp_path):
     with pytest.raises(ShakeGPTError, match="does not exist"):
         make_module(tmp_path / "nope.txt").setup()
+
+
+def test_a_folder_given_as_the_corpus_is_called_a_folder(tmp_path):
+    with pytest.raises(ShakeGPTError, match="is a folder"):
+        locate_corpus(str(tmp_path), str(tmp_path), UNREACHABLE, SHA256)

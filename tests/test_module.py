@@ -14,3 +14,8 @@ def test_the_optimizer_comes_from_the_config_and_has_no_default_of_its_own():
         GPTModule(TINY_MODEL, "abcde").configure_optimizers()
     optimizer = GPTModule(TINY_MODEL, "abcde", lambda params: torch.optim.AdamW(params, lr=3e-4)).configure_optimizers()
     assert optimizer.param_groups[0]["lr"] == 3e-4
+
+
+def test_sampling_without_a_prompt_works_for_a_vocabulary_without_a_newline():
+    text = GPTModule(TINY_MODEL, "abcde").sample(None, 6, seed=1)
+    assert len(text) == 7 and text[0] == "a" and set(text) <= set("abcde")

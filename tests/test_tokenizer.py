@@ -25,3 +25,16 @@ def test_unknown_characters_are_named():
 
 def test_shakespeare_has_65_characters(shakespeare_path):
     assert CharTokenizer.from_text(shakespeare_path.read_text()).vocab_size == 65
+
+
+def test_the_default_prompt_is_a_newline_where_the_corpus_has_one_else_its_first_character():
+    assert CharTokenizer.from_text("to be\nor not").default_prompt == "\n"
+    assert CharTokenizer.from_text("一行だけの本文").default_prompt == min("一行だけの本文")
+
+
+def test_a_large_vocabulary_is_listed_short_in_one_line():
+    tok = CharTokenizer([chr(0x4E00 + i) for i in range(70_000)])
+    with pytest.raises(ShakeGPTError) as error:
+        tok.encode("a")
+    message = str(error.value)
+    assert "\n" not in message and len(message) < 300 and "70,000 characters" in message
