@@ -4,7 +4,8 @@ shakegpt.train. Each piece is here because one of those tools, left alone, does 
 - the `pid`, `job_name` and `launcher_nodes` resolvers that conf/ uses (run and sweep job folder names,
   trainer.num_nodes), and `SweptKeys`, which records what a sweep varies for `job_name`;
 - `accepting_pasted_folders`: Hydra's grammar reads the '=' and ',' of sweep job folder names in `resume=` and
-  `ckpt_path=`;
+  `ckpt_path=`; and `resume=true` on a run or sweep folder takes the overrides it started with
+  (`with_saved_overrides`);
 - `OutputDirCheck`: Hydra shows a traceback when it cannot create the run folder;
 - `launchable_job`: Lightning's DDP launcher re-runs the whole command line, which in a multirun is the sweep;
 - `run_job`: the run folder's lock, and what a failure or an interruption does to a run and to a sweep;
@@ -232,10 +233,38 @@ def accepting_pasted_folders(entry: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(entry)
     def main(cfg_passthrough: DictConfig | None = None) -> Any:
         if cfg_passthrough is None:
-            sys.argv = quote_path_overrides(sys.argv)
+            sys.argv = with_saved_overrides(quote_path_overrides(sys.argv))
         return entry(cfg_passthrough)
 
     return main
+
+
+def with_saved_overrides(argv: list[str]) -> list[str]:
+    """argv, for `resume=true` on a run folder (hydra.run.dir=...) or a sweep folder (-m hydra.sweep.dir=...),
+    completed with the overrides that run or sweep started with (the folder's .hydra/overrides.yaml, or the
+    sweep's multirun.yaml), so that the folder alone continues a run started with a preset or overrides. An
+    override given again replaces the saved one of the same key; resume.check_same_settings then refuses any
+    that would change the run's numbers."""
+    flags = [arg for arg in argv[1:] if arg.startswith("-")]
+    given = [arg for arg in argv[1:] if not arg.startswith("-")]
+    try:
+        parsed = OverridesParser.create().parse_overrides(given)
+    except Exception:  # Hydra reports a malformed override itself, in its own words
+        return argv
+    values = {override.key_or_group: override.value() for override in parsed}
+    if str(values.get("resume")).lower() != "true":
+        return argv
+    multirun = bool({"-m", "--multirun"} & set(flags))
+    folder = values.get("hydra.sweep.dir" if multirun else "hydra.run.dir")
+    if not isinstance(folder, str):
+        return argv
+    saved_file = Path(folder).expanduser() / ("multirun.yaml" if multirun else ".hydra/overrides.yaml")
+    if not saved_file.is_file():
+        return argv
+    saved = OmegaConf.load(saved_file)
+    saved = list(saved.hydra.overrides.task if multirun else saved)
+    kept = [o.input_line for o in OverridesParser.create().parse_overrides(saved) if o.key_or_group not in values]
+    return [argv[0], *flags, *kept, *given]
 
 
 def resume_command(output_dir: Path) -> str:

@@ -247,6 +247,40 @@ def start_point(output_dir: Path, resume: bool | str, settings: dict[str, Any], 
     return StartPoint(path, int(checkpoint.get("global_step", 0)), bool(saved.get("eval_pending", False)))
 
 
+# What a resumed run may change (config keys, with everything below them): where and on what it runs, how long,
+# and what it reports. Every other setting decides the run's numbers, and a resume that changes one is refused.
+MAY_CHANGE = (
+    "resume",
+    "paths",
+    "hardware",
+    "logger",
+    "callbacks",
+    "trainer.max_steps",
+    "trainer.accelerator",
+    "trainer.devices",
+    "trainer.num_nodes",
+    "trainer.precision",
+    "trainer.default_root_dir",
+    "trainer.profiler",
+    "trainer.log_every_n_steps",
+    "optimizer.fused",
+    "data.data_dir",
+    "data.cache_dir",
+    "data.url",
+    "data.pin_memory",
+)
+
+
+def run_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """The settings that decide a run's numbers, flat (`optimizer.lr`), from its resolved config: all but
+    MAY_CHANGE. Checkpoints carry them; a resume compares them (check_same_settings)."""
+    return {
+        key: value
+        for key, value in _flatten("", config).items()
+        if not any(key == prefix or key.startswith(prefix + ".") for prefix in MAY_CHANGE)
+    }
+
+
 def _flatten(prefix: str, node: Any) -> dict[str, Any]:
     if isinstance(node, dict):
         flat: dict[str, Any] = {}
@@ -262,13 +296,14 @@ def check_same_settings(path: Path, saved: dict[str, Any] | None, settings: dict
     if saved is None:
         return  # a checkpoint from before settings were recorded
     before, now = _flatten("", saved), _flatten("", settings)
-    # A setting the checkpoint does not name came after it was written (a new option at its default then).
+    # A setting the checkpoint does not name came after it was written (a new option at its default then), or
+    # was not recorded by the version that wrote it.
     changed = [
         f"{key}={now[key]!r} (was {before[key]!r})" for key in sorted(now) if before.get(key, now[key]) != now[key]
     ]
     if changed:
         raise ShakeGPTError(
-            f"cannot resume {path} with other settings: {', '.join(changed)}; a resumed run keeps the settings it "
-            "started with (trainer.max_steps and hardware may change): drop those overrides, or start a new run "
-            "in another folder"
+            f"cannot resume {path} with other settings: {', '.join(changed)}; a resumed run keeps the settings that "
+            "decide its numbers (it may change trainer.max_steps, hardware, paths and what it reports): drop those "
+            "overrides, or start a new run in another folder"
         )

@@ -20,7 +20,7 @@ from shakegpt.errors import ShakeGPTError
 from shakegpt.hardware import check_accelerator
 from shakegpt.launch import accepting_pasted_folders, restarted_by_slurm, run_job, save_run_config, wait_for_ranks
 from shakegpt.module import GPTModule
-from shakegpt.resume import AtomicCheckpointIO, StartPoint, start_point
+from shakegpt.resume import AtomicCheckpointIO, StartPoint, run_settings, start_point
 from shakegpt.rundir import METRICS, RUN_RECORD, drop_evaluations_from, read_record
 
 CONFIG_DIR = config_dir()
@@ -78,7 +78,7 @@ def check_settings(cfg: DictConfig) -> None:
 
 
 def build(
-    cfg: DictConfig, start: StartPoint | None = None, **trainer_kwargs
+    cfg: DictConfig, start: StartPoint | None = None, settings: dict[str, object] | None = None, **trainer_kwargs
 ) -> tuple[L.Trainer, GPTModule, L.LightningDataModule]:
     """Everything a run needs, from its config: the trainer, the model and the data. A run continuing from a
     checkpoint (start) evaluates first only if the checkpoint was taken before an evaluation, and hides the
@@ -100,7 +100,12 @@ def build(
     if cfg.hardware.compile:
         module.model.compile()  # in place, so checkpoint keys stay free of `_orig_mod.`
 
-    callbacks = [instantiate(callback, _convert_="all") for callback in cfg.callbacks.values()]
+    # The checkpoints carry the settings that decide the run's numbers, for a resume to compare.
+    settings = settings if settings is not None else run_settings(OmegaConf.to_container(cfg, resolve=True))
+    callbacks = [
+        instantiate(callback, _convert_="all", **({"settings": settings} if name == "run_checkpoints" else {}))
+        for name, callback in cfg.callbacks.items()
+    ]
     callbacks += trainer_kwargs.pop("callbacks", [])
     logger = instantiate(cfg.logger, **({"purge_step": start.first_unrecorded_step} if start.checkpoint else {}))
     if not start.eval_pending:
@@ -128,12 +133,12 @@ def train(cfg: DictConfig) -> float:
     if (cfg.resume is True or requeued) and done:
         log.info("%s finished already; skipped (resume=true)", output_dir)
         return float(record.get("best_val_loss") or float("nan"))
-    settings = OmegaConf.to_container(cfg.callbacks.run_checkpoints.settings, resolve=True)
+    settings = run_settings(OmegaConf.to_container(cfg, resolve=True))
     start = start_point(output_dir, cfg.resume, settings, requeued)
     if rank_zero_only.rank == 0:
         save_run_config(cfg, output_dir)
         drop_evaluations_from(output_dir / METRICS, start.first_unrecorded_step)
-    trainer, module, datamodule = build(cfg, start)
+    trainer, module, datamodule = build(cfg, start, settings)
     if start.checkpoint is not None:
         check_resumable(start.checkpoint, module.hparams.model_config, module.hparams.vocab)
     print(f"{module.model.num_parameters() / 1e6:.6f} M parameters", flush=True)

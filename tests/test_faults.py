@@ -207,6 +207,40 @@ def test_a_resume_with_other_settings_is_refused_and_records_nothing(tmp_path):
     assert json.loads((folder / "run.json").read_text())["status"] == "finished"
 
 
+def test_a_run_folder_alone_continues_a_run_started_with_a_preset_and_refuses_other_numbers(tmp_path):
+    folder = tmp_path / "run"
+    started = run_module("shakegpt.train", *TINY, "trainer.max_steps=10", f"hydra.run.dir={folder}", cwd=tmp_path)
+    assert started.returncode == 0, started.stderr[-3000:]
+    # Neither the preset nor the hardware is given again: the folder remembers them.
+    extended = run_module(
+        "shakegpt.train", f"hydra.run.dir={folder}", "resume=true", "trainer.max_steps=20", cwd=tmp_path
+    )
+    assert extended.returncode == 0, extended.stderr[-3000:]
+    assert [row.step for row in read_metrics(folder / "metrics.csv")] == [0, 10, 20]
+    assert "0.036065 M parameters" in extended.stdout  # the preset's tiny model, not the default one
+    overrides = (folder / ".hydra" / "overrides.yaml").read_text()
+    assert "experiment=smoke" in overrides and "trainer.max_steps=20" in overrides
+    # Gradient clipping changes the numbers from the first step on: refused, like any such setting.
+    clipped = run_module(
+        "shakegpt.train", f"hydra.run.dir={folder}", "resume=true", "trainer.max_steps=30",
+        "trainer.gradient_clip_val=1.0", cwd=tmp_path,
+    )  # fmt: skip
+    assert clipped.returncode == 1 and "trainer.gradient_clip_val=1.0 (was None)" in clipped.stderr
+    assert [row.step for row in read_metrics(folder / "metrics.csv")] == [0, 10, 20]
+
+
+def test_a_sweep_folder_alone_continues_every_job_of_the_sweep(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ["-m", *TINY, "model.n_layer=1,2", "trainer.max_steps=10", f"hydra.sweep.dir={sweep}"]
+    assert run_module("shakegpt.train", *args, cwd=tmp_path).returncode == 0
+    proc = run_module(
+        "shakegpt.train", "-m", f"hydra.sweep.dir={sweep}", "resume=true", "trainer.max_steps=20", cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for job in ("model.n_layer=1", "model.n_layer=2"):
+        assert [row.step for row in read_metrics(sweep / job / "metrics.csv")] == [0, 10, 20], job
+
+
 def test_a_diverged_run_never_overwrites_a_good_checkpoint(tmp_path):
     """lr 1e3 turns the weights non-finite within steps: the checkpoints from before must survive."""
     folder = tmp_path / "run"
