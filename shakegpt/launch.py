@@ -38,7 +38,7 @@ from hydra.types import RunMode
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, read_write
 
-from shakegpt.errors import Interrupted, ShakeGPTError
+from shakegpt.errors import Interrupted, ShakeGPTError, stop_on_signals
 from shakegpt.rundir import (
     RUN_RECORD,
     SETTINGS,
@@ -323,6 +323,7 @@ def run_job(cfg: DictConfig, job: Callable[[DictConfig], float]) -> float | None
     try:
         if lock is not None:
             lock.acquire()
+        stop_on_signals(run_folder_held=True)  # from here a signal is recorded in run.json
         with launchable_job():
             return job(cfg)
     except FolderInUse as err:

@@ -27,7 +27,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from shakegpt.checkpoint import read_checkpoint, resolve_checkpoint
-from shakegpt.errors import Interrupted, ShakeGPTError
+from shakegpt.errors import STOP_SIGNALS, Interrupted, ShakeGPTError
 from shakegpt.rundir import (
     BEST_CHECKPOINT,
     LAST_CHECKPOINT,
@@ -44,7 +44,7 @@ RNG_KEY = "rng_states"
 # What SLURM sends a job launched through submitit before its time limit (`#SBATCH --signal=USR2@120`) or a
 # preemption; submitit's handler for it requeues the job.
 REQUEUE_SIGNAL = signal.SIGUSR2
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, REQUEUE_SIGNAL)
+TRAINING_STOP_SIGNALS = (*STOP_SIGNALS, REQUEUE_SIGNAL)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -153,7 +153,7 @@ class RunCheckpoints(L.Callback):
         # After Lightning has installed its own SIGTERM handler (which would stop in the middle of an
         # evaluation); Lightning puts the handlers back at the end of fit, and teardown does too.
         self._trainer = trainer
-        for signum in STOP_SIGNALS:
+        for signum in TRAINING_STOP_SIGNALS:
             if signum not in self._previous_handlers:
                 self._previous_handlers[signum] = signal.getsignal(signum)
             signal.signal(signum, self._on_signal)
@@ -169,6 +169,9 @@ class RunCheckpoints(L.Callback):
             restore_rng_states(states)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # Before the final sample (Lightning tears down, then calls on_fit_end): a signal there meets the entry
+        # point's handler again, which ends the run at once; the last checkpoint precedes the final evaluation,
+        # so a resume redoes it and the sample.
         for signum, handler in self._previous_handlers.items():
             signal.signal(signum, handler)
         self._previous_handlers = {}

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from shakegpt.errors import stop_on_signals
+
+if __name__ == "__main__":  # `python -m shakegpt.train`: Ctrl-C and SIGTERM work during the slow imports below
+    stop_on_signals()
+
 import logging
 import math
 from pathlib import Path

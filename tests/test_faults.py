@@ -149,6 +149,39 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_numbers(tmp_path, unint
     assert_same_outcome(folder, uninterrupted)
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
+def test_a_signal_during_the_imports_ends_the_program_at_once_in_one_line(tmp_path, signum):
+    # As a shell starts a program in the background: with Ctrl-C ignored, which Python would keep ignoring.
+    command = [sys.executable, "-m", "shakegpt.train", *TINY, f"hydra.run.dir={tmp_path / 'run'}"]
+    process = subprocess.Popen(
+        command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )  # fmt: skip
+    time.sleep(1.0)  # Python is up, Lightning and torch are still being imported
+    sent = time.monotonic()
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + signum and time.monotonic() - sent < 5
+    assert stderr.strip() == f"interrupted by {signal.Signals(signum).name} before the run started; nothing was written"
+    assert not (tmp_path / "run" / "run.json").exists()
+
+
+def test_a_signal_during_the_final_sample_ends_the_run_and_a_resume_finishes_it(tmp_path, uninterrupted):
+    folder = tmp_path / "run"
+    run = Run(folder)
+    run.wait_for(r"step 30: train loss")  # the last evaluation: the 500-character final sample comes next
+    time.sleep(0.3)
+    sent = time.monotonic()
+    run.process.send_signal(signal.SIGTERM)
+    assert run.finish() == 143 and time.monotonic() - sent < 10, run.output[-3000:]
+    assert "interrupted by SIGTERM; continue with: " in run.output and "Traceback" not in run.output
+    assert json.loads((folder / "run.json").read_text())["status"] == "interrupted"
+    assert not (folder / "samples" / "final.txt").exists()
+
+    resume(folder)
+    assert_same_outcome(folder, uninterrupted)
+
+
 def test_a_kill_after_an_evaluation_resumes_without_repeating_rows(tmp_path, uninterrupted):
     folder = tmp_path / "run"
     run = Run(folder)
