@@ -68,9 +68,18 @@ def check_settings(cfg: DictConfig) -> None:
         positive_int(f"data.{name}", cfg.data[name])
     for name in ("max_steps", "val_check_interval", "limit_val_batches"):
         positive_int(f"trainer.{name}", cfg.trainer[name])
-    lr = cfg.optimizer.lr
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+    def number(value: object) -> bool:
+        return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+    lr, decay, fraction, seed = cfg.optimizer.lr, cfg.optimizer.weight_decay, cfg.data.train_fraction, cfg.seed
+    if not number(lr) or lr <= 0:
         raise ShakeGPTError(f"optimizer.lr must be a positive number, got {lr!r}")
+    if not number(decay) or decay < 0:
+        raise ShakeGPTError(f"optimizer.weight_decay must be a number, 0 or more, got {decay!r}")
+    if not number(fraction) or not 0 < fraction < 1:
+        raise ShakeGPTError(f"data.train_fraction must be between 0 and 1 (the rest is for val), got {fraction!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise ShakeGPTError(f"seed must be a whole number from 0 to {2**32 - 1}, got {seed!r}")
     if not isinstance(cfg.resume, (bool, str)) or cfg.resume == "":
         raise ShakeGPTError(
             f"resume must be true, false or a checkpoint (a .ckpt file or a run folder), got {cfg.resume!r}"
