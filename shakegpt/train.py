@@ -68,6 +68,7 @@ def check_settings(cfg: DictConfig) -> None:
         positive_int(f"data.{name}", cfg.data[name])
     for name in ("max_steps", "val_check_interval", "limit_val_batches"):
         positive_int(f"trainer.{name}", cfg.trainer[name])
+
     def number(value: object) -> bool:
         return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
 
