@@ -106,7 +106,7 @@ class Check:
     work: Path
     deadline: float
     log_path: Path
-    env: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=lambda: dict(os.environ))  # install() adds the wheels' folder
     results: list[dict] = field(default_factory=list)
     machine: dict[str, str] = field(default_factory=dict)
 
