@@ -466,7 +466,7 @@ def run_check(mode_name: str, out: Path) -> int:
             for (name, step), box in zip(cuda_path(check).items(), (60, 120, 120, 60), strict=True)
         ]
         steps += [
-            ("bench, n_layer 1 2 6 12", lambda t: bench(check, mode.bench, (), t), 120, 240),
+            ("bench", lambda t: bench(check, mode.bench, (), t), 120, 240),
             ("bench, compiled", lambda t: bench(check, mode.bench_compiled, ("hardware.compile=true",), t), 90, 240),
             ("the table, exp1-exp5", lambda t: table(check, t), mode.budget_s, 30),
             (f"3 seeds of {' and '.join(SEED_ROWS)}", lambda t: seeds(check, t), mode.budget_s, 30),
