@@ -184,6 +184,8 @@ class TextSamples(L.Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: GPTModule) -> None:
         # On fit end, not train end: a run resumed after its last step trains no more but still ends here.
         if self.final_tokens > 0:
+            # Minutes for a large model on a CPU: say what the run is doing after its last evaluation.
+            log.info("sampling %d characters into %s", self.final_tokens, self.out_dir / "final.txt")
             self._write(trainer, pl_module, "final", "samples/final", self.final_tokens)
 
 

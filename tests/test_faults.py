@@ -168,9 +168,8 @@ def test_a_signal_during_the_imports_ends_the_program_at_once_in_one_line(tmp_pa
 
 def test_a_signal_during_the_final_sample_ends_the_run_and_a_resume_finishes_it(tmp_path, uninterrupted):
     folder = tmp_path / "run"
-    run = Run(folder)
-    run.wait_for(r"step 30: train loss")  # the last evaluation: the 500-character final sample comes next
-    time.sleep(0.3)
+    run = Run(folder, "callbacks.text_samples.final_tokens=100000")  # a sample of minutes, as a big model's
+    run.wait_for(r"sampling 100000 characters into ")
     sent = time.monotonic()
     run.process.send_signal(signal.SIGTERM)
     assert run.finish() == 143 and time.monotonic() - sent < 10, run.output[-3000:]
@@ -178,7 +177,7 @@ def test_a_signal_during_the_final_sample_ends_the_run_and_a_resume_finishes_it(
     assert json.loads((folder / "run.json").read_text())["status"] == "interrupted"
     assert not (folder / "samples" / "final.txt").exists()
 
-    resume(folder)
+    resume(folder, "callbacks.text_samples.final_tokens=500")
     assert_same_outcome(folder, uninterrupted)
 
 
