@@ -50,7 +50,7 @@ from shakegpt.data import RandomWindows
 from shakegpt.hardware import matmul_gflops, pick_device, synchronize
 from shakegpt.model import GPT, GPTConfig
 from shakegpt.token_cache import TokenFile
-from shakegpt.train import build
+from shakegpt.training import build
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH, BLOCK, N_EMBD, DROPOUT, VOCAB = 64, 256, 384, 0.2, 65

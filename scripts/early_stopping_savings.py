@@ -3,7 +3,7 @@
     python scripts/early_stopping_savings.py                      # docs/results/original.csv, patience 1-3
     python scripts/early_stopping_savings.py --patience 2 5
 
-Replays Lightning's EarlyStopping rule (as conf/early_stopping/on.yaml sets it: the val loss, checked at every
+Replays Lightning's EarlyStopping rule (as conf/train/early_stopping/on.yaml sets it: the val loss, checked at every
 evaluation but step 0's, min_delta 0) on the published curves, evaluated every 500 steps. A stopped run has
 trained to its stop step, and checkpoints/best.ckpt holds its best step, the same as the full run's whenever
 the run stops after it.

@@ -23,7 +23,7 @@ import lightning as L
 from bench import config, lightning_overrides  # scripts/ is on sys.path when this script runs
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from shakegpt.train import build
+from shakegpt.training import build
 
 KINDS = (
     "matmuls",

@@ -29,7 +29,7 @@ from shakegpt.rundir import (
 BEST_VAL_METRIC = "hp/best_val_loss"
 
 log = logging.getLogger(__name__)
-# The eval lines, for the run folder's train.log only (conf/hydra/default.yaml): the console has them already.
+# The eval lines, for the run folder's train.log only (conf/train/hydra/default.yaml): the console has them already.
 eval_log = logging.getLogger("shakegpt.evals")
 
 # A loss this many times the first evaluation's has blown up, even if it is finite.

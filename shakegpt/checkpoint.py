@@ -1,4 +1,4 @@
-"""Finding and reading shakegpt checkpoints, with clear errors for files that are not ours."""
+"""Finding and reading shakegpt checkpoints, with clear errors for files that are not ours, and the model one holds."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from typing import Any
 import torch
 
 from shakegpt.errors import ShakeGPTError
+from shakegpt.module import GPTModule
+from shakegpt.rundir import BEST_CHECKPOINT
 
 
 def resolve_checkpoint(ckpt_path: str, default_name: str) -> Path:
@@ -40,6 +42,19 @@ def read_checkpoint(path: Path, device: str = "cpu") -> dict[str, Any]:
     if not {"model_config", "vocab"} <= hparams.keys() or "state_dict" not in checkpoint:
         raise ShakeGPTError(f"{path} is not a shakegpt checkpoint: it lacks the model config and vocabulary")
     return checkpoint
+
+
+def load_module(ckpt_path: str, device: str = "cpu") -> GPTModule:
+    """Rebuild the model and its vocabulary from a checkpoint alone (a run folder means its best one)."""
+    path = resolve_checkpoint(ckpt_path, BEST_CHECKPOINT)
+    checkpoint = read_checkpoint(path, device)
+    hparams = checkpoint["hyper_parameters"]
+    module = GPTModule(hparams["model_config"], hparams["vocab"])
+    try:
+        module.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as err:
+        raise ShakeGPTError(f"{path} does not match the model its config describes: {err}") from None
+    return module.to(device)
 
 
 def check_resumable(path: Path, model_config: dict[str, Any], vocab: str) -> None:

@@ -9,15 +9,15 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-import shakegpt.launch  # noqa: F401  (registers the resolvers conf/ uses: job_name, launcher_nodes, pid)
 from shakegpt.config_dir import config_dir
+from shakegpt.launch import HYDRA_VERSION_BASE  # (which registers the resolvers conf/ uses: job_name, pid, ...)
 
 
 def job_config(overrides: Sequence[str], config_name: str = "train") -> DictConfig:
     """The config a single run with these overrides gets, every interpolation resolved (`${hydra:...}` ones too,
     which need Hydra's own config set while they resolve), without the `hydra` node. A run's folder must be
     given (`paths.output_dir=...`) where the config writes one: outside an app Hydra creates none."""
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+    with initialize_config_dir(config_dir=config_dir(config_name), version_base=HYDRA_VERSION_BASE):
         cfg = compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
     hydra_config = HydraConfig.instance()
     previous, hydra_config.cfg = hydra_config.cfg, None

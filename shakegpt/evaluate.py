@@ -9,20 +9,12 @@ from __future__ import annotations
 import contextlib
 import sys
 
-import hydra
-import lightning as L
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from shakegpt.config_dir import config_dir
 from shakegpt.errors import ShakeGPTError
-from shakegpt.generate import load_module
-from shakegpt.hardware import check_accelerator
-from shakegpt.launch import accepting_pasted_folders
+from shakegpt.launch import entry_point
 from shakegpt.rundir import losses_text
-
-CONFIG_DIR = config_dir()
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
@@ -31,6 +23,14 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         raise ShakeGPTError("ckpt_path is required: a run folder or a .ckpt file")
     if isinstance(cfg.eval_batches, bool) or not isinstance(cfg.eval_batches, int) or cfg.eval_batches <= 0:
         raise ShakeGPTError(f"eval_batches must be a positive whole number, got {cfg.eval_batches!r}")
+    # Lightning and torch load here, once Hydra has a config to run: `--help` and shell completion answer
+    # without them (seconds of imports on a small machine).
+    import lightning as L
+    import torch
+
+    from shakegpt.checkpoint import load_module
+    from shakegpt.hardware import check_accelerator
+
     check_accelerator(cfg.hardware.accelerator)
     torch.set_float32_matmul_precision(cfg.hardware.matmul_precision)
     module = load_module(cfg.ckpt_path)
@@ -51,8 +51,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     return module.eval_losses
 
 
-@accepting_pasted_folders
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
+@entry_point("evaluate")
 def main(cfg: DictConfig) -> None:
     try:
         losses = evaluate(cfg)

@@ -5,32 +5,10 @@ from __future__ import annotations
 import math
 from typing import get_args
 
-import hydra
 from omegaconf import DictConfig
 
-from shakegpt.checkpoint import read_checkpoint, resolve_checkpoint
-from shakegpt.config_dir import config_dir
 from shakegpt.errors import ShakeGPTError
-from shakegpt.hardware import pick_device
-from shakegpt.launch import accepting_pasted_folders
-from shakegpt.model import KVCacheMode
-from shakegpt.module import GPTModule
-from shakegpt.rundir import BEST_CHECKPOINT
-
-CONFIG_DIR = config_dir()
-
-
-def load_module(ckpt_path: str, device: str = "cpu") -> GPTModule:
-    """Rebuild the model and its vocabulary from a checkpoint alone (a run folder means its best one)."""
-    path = resolve_checkpoint(ckpt_path, BEST_CHECKPOINT)
-    checkpoint = read_checkpoint(path, device)
-    hparams = checkpoint["hyper_parameters"]
-    module = GPTModule(hparams["model_config"], hparams["vocab"])
-    try:
-        module.load_state_dict(checkpoint["state_dict"])
-    except RuntimeError as err:
-        raise ShakeGPTError(f"{path} does not match the model its config describes: {err}") from None
-    return module.to(device)
+from shakegpt.launch import entry_point
 
 
 def check_options(cfg: DictConfig) -> None:
@@ -46,13 +24,19 @@ def check_options(cfg: DictConfig) -> None:
     top_k = cfg.top_k
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k <= 0):
         raise ShakeGPTError(f"top_k must be a positive whole number, or null for no cut-off, got {top_k!r}")
+    from shakegpt.model import KVCacheMode  # torch: after --help and shell completion, which answer without it
+
     if cfg.kv_cache not in get_args(KVCacheMode):
         raise ShakeGPTError(f"kv_cache must be one of {', '.join(get_args(KVCacheMode))}, got {cfg.kv_cache!r}")
 
 
-@accepting_pasted_folders
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="generate")
+@entry_point("generate")
 def main(cfg: DictConfig) -> None:
+    # torch and Lightning load here, once Hydra has a config to run: `--help` and shell completion answer
+    # without them (seconds of imports on a small machine).
+    from shakegpt.checkpoint import load_module
+    from shakegpt.hardware import pick_device
+
     try:
         check_options(cfg)
         module = load_module(cfg.ckpt_path, pick_device(cfg.device))

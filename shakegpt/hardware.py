@@ -66,12 +66,12 @@ def measured_cpu_precision(rounds: int = 7) -> str:
     return "bf16-mixed" if speed[torch.bfloat16] >= BF16_SPEEDUP_NEEDED * speed[torch.float32] else "32-true"
 
 
-# conf/hardware/cpu.yaml's precision, for every entry point that composes it.
+# conf/shared/hardware/cpu.yaml's precision, for every entry point that composes it.
 OmegaConf.register_new_resolver("cpu_precision", cpu_precision, replace=True)
 
 
 def gpus_to_request(accelerator: str, devices: int) -> int | None:
-    """The GPUs a job asks a cluster for (conf/hydra/launcher/slurm.yaml): hardware.devices on CUDA, none
+    """The GPUs a job asks a cluster for (conf/train/hydra/launcher/slurm.yaml): hardware.devices on CUDA, none
     otherwise (a request for GPUs on a CPU partition is refused by SLURM)."""
     return devices if accelerator == "cuda" else None
 

@@ -1,43 +1,50 @@
 """The plumbing between Hydra, Lightning's DDP launcher and a training job, kept out of the pipeline in
 shakegpt.train. Each piece is here because one of those tools, left alone, does the wrong thing for us:
 
-- the `pid`, `job_name` and `launcher_nodes` resolvers that conf/ uses (run and sweep job folder names,
+- the `pid`, `conf_dir`, `job_name` and `launcher_nodes` resolvers that conf/ uses (run and sweep job folder names,
   trainer.num_nodes), and `SweptKeys`, which records what a sweep varies for `job_name`;
-- `accepting_pasted_folders`: Hydra's grammar reads the '=' and ',' of sweep job folder names in `resume=` and
-  `ckpt_path=`; and `resume=true` on a run or sweep folder takes the overrides it started with
-  (`with_saved_overrides`);
+- `entry_point`: Python turns a Ctrl-C into a traceback, and SIGTERM ends it without a word; Hydra's grammar
+  reads the '=' and ',' of sweep job folder names in `resume=` and `ckpt_path=`; `resume=true` on a run or
+  sweep folder takes the overrides it started with (`with_saved_overrides`); Hydra's `--help` takes seconds;
 - `OutputDirCheck`: Hydra shows a traceback when it cannot create the run folder;
 - `launchable_job`: Lightning's DDP launcher re-runs the whole command line, which in a multirun is the sweep;
 - `run_job`: the run folder's lock, and what a failure or an interruption does to a run and to a sweep;
 - `restarted_by_slurm`: a requeued job runs its saved command line again, which does not say resume=true;
 - `save_run_config`: Hydra would write .hydra/ before we know the run may use the folder;
 - `wait_for_ranks`: ranks that outlive their job would hold its folder and the machine's cores;
-- `KNOWN_NOISE`: messages Lightning prints on every run that say nothing about it, dropped in one place.
+- `KNOWN_NOISE`: messages Lightning prints on every run that say nothing about it, dropped in one place; and
+  `lightning_notices_plain`: the others printed as Lightning prints them, though it is imported late.
+
+The entry points import this module before `--help` and shell completion answer, so it leaves Lightning and torch
+to the functions that run a job (seconds of imports on a small machine).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import re
 import shlex
+import string
 import sys
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import lightning as L
-import torch
+import hydra
+from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf, read_write
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from shakegpt.config_dir import config_dir
 from shakegpt.errors import Interrupted, ShakeGPTError, stop_on_signals
 from shakegpt.rundir import (
     RUN_RECORD,
@@ -50,10 +57,19 @@ from shakegpt.rundir import (
     write_atomically,
 )
 
+if TYPE_CHECKING:
+    import lightning as L
+
 log = logging.getLogger(__name__)
+
+# The Hydra behaviour every entry point and composition asks for (hydra.main, initialize_config_dir).
+HYDRA_VERSION_BASE = "1.3"
 
 # Run folders are named by start time and process id, so two runs started in the same second never share one.
 OmegaConf.register_new_resolver("pid", os.getpid, replace=True)
+# Where a command's config finds the groups it shares with others (hydra.searchpath: a file path Hydra takes
+# relative to the working directory, unless absolute).
+OmegaConf.register_new_resolver("conf_dir", config_dir, replace=True)
 
 # In a sweep's folder: the settings its jobs vary, one per line (see job_name).
 SWEPT_KEYS = "swept_keys.txt"
@@ -139,6 +155,22 @@ def quiet_known_noise() -> None:
 
 quiet_known_noise()
 
+
+def lightning_notices_plain() -> None:
+    """Lightning's notices (`Seed set to 1337`, `Trainer.fit` stopped ...) as Lightning prints them when it is
+    imported before logging is set up: plain lines on the console. The entry points import it after Hydra has
+    set up logging (so that --help answers without it), and then Lightning leaves them to the root logger,
+    which would print each twice, dated, and into train.log."""
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        if not logger.handlers:
+            logger.setLevel(logging.INFO)
+            logger.addHandler(logging.StreamHandler())
+            logger.propagate = False
+
+
+lightning_notices_plain()
+
 # What Lightning's subprocess launcher (DDP) puts in the environment for the ranks it starts.
 DDP_LAUNCHER_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
 
@@ -185,6 +217,8 @@ def launchable_job() -> Iterator[None]:
     try:
         yield
     finally:
+        import torch  # loaded by the job already
+
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
         sys.argv = saved_argv
@@ -224,19 +258,54 @@ def quote_path_overrides(argv: list[str]) -> list[str]:
     return quoted
 
 
-def accepting_pasted_folders(entry: Callable[..., Any]) -> Callable[..., Any]:
-    """Wraps a @hydra.main entry point so that `resume=` and `ckpt_path=` take any folder the project printed, as
-    it is: a sweep job's folder is named by its overrides (model.n_layer=2,seed=1), whose '=' and ',' Hydra would
-    read as syntax. Like Hydra's own wrapper, it passes a config through (launchers that pickle the task call
-    the module's main with one)."""
+def entry_point(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[..., Any]]:
+    """Makes task(cfg) a command on conf/<config_name>/<config_name>.yaml through Hydra (hydra.main), with
+    what Hydra lacks:
 
-    @functools.wraps(entry)
-    def main(cfg_passthrough: DictConfig | None = None) -> Any:
-        if cfg_passthrough is None:
-            sys.argv = with_saved_overrides(quote_path_overrides(sys.argv))
-        return entry(cfg_passthrough)
+    - Ctrl-C and SIGTERM end the command in one line from its first moment (errors.stop_on_signals);
+    - `resume=` and `ckpt_path=` take any folder the project printed, as it is: a sweep job's folder is named by
+      its overrides (model.n_layer=2,seed=1), whose '=' and ',' Hydra would read as syntax;
+    - `--help` answers in a fraction of a second (help_text): Hydra's own lists every config group, which
+      takes it seconds however the help template reads.
 
-    return main
+    Like Hydra's own wrapper, the command passes a config through (launchers that pickle the task call the
+    module's main with one)."""
+
+    def wrap(task: Callable[[DictConfig], Any]) -> Callable[..., Any]:
+        hydra_main = hydra.main(
+            version_base=HYDRA_VERSION_BASE, config_path=config_dir(config_name), config_name=config_name
+        )(task)
+
+        @functools.wraps(task)
+        def main(cfg_passthrough: DictConfig | None = None) -> Any:
+            if cfg_passthrough is None:
+                stop_on_signals()
+                sys.argv = with_saved_overrides(quote_path_overrides(sys.argv))
+                flags = {arg for arg in sys.argv[1:] if arg.startswith("-")}
+                if flags and flags <= {"--help", "-h"}:
+                    with contextlib.suppress(HydraException):  # a bad override: Hydra says so in its own words
+                        text = help_text(config_name, [arg for arg in sys.argv[1:] if not arg.startswith("-")])
+                        try:
+                            print(text, flush=True)
+                        except BrokenPipeError:  # `--help | head`: the reader has what it wanted
+                            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                        return None
+            return hydra_main(cfg_passthrough)
+
+        return main
+
+    return wrap
+
+
+def help_text(config_name: str, overrides: list[str]) -> str:
+    """`--help` of the command on conf/<config_name>/<config_name>.yaml, with these overrides, as Hydra writes
+    it for our help templates (which list the groups by hand, and show the composed config as $CONFIG)."""
+    with initialize_config_dir(config_dir=config_dir(config_name), version_base=HYDRA_VERSION_BASE):
+        cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+    template = cfg.hydra.help.template
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return string.Template(template).substitute(CONFIG=OmegaConf.to_yaml(cfg))
 
 
 def with_saved_overrides(argv: list[str]) -> list[str]:
@@ -282,7 +351,7 @@ def resume_command(output_dir: Path) -> str:
 
 
 def save_run_config(cfg: DictConfig, output_dir: Path) -> None:
-    """What Hydra would write into .hydra/ (it is told not to, see conf/hydra/default.yaml), and the settings
+    """What Hydra would write into .hydra/ (it is told not to, see conf/train/hydra/default.yaml), and the settings
     that took effect on this machine (hardware=cpu's precision, the paths) in the run folder's SETTINGS."""
     hydra_cfg = HydraConfig.get()
     folder = output_dir / ".hydra"
@@ -308,6 +377,8 @@ def run_job(cfg: DictConfig, job: Callable[[DictConfig], float]) -> float | None
     logged and returns None, so the other jobs and the sweep report go on; the Optuna sweeper records None as a
     failed trial (a NaN would make it crash instead). An interruption stops the whole sweep.
     """
+    from lightning.pytorch.utilities import rank_zero_only
+
     output_dir = Path(cfg.paths.output_dir)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     # DDP ranks other than the first write nothing; the first holds the lock for them.

@@ -36,9 +36,9 @@ class GPTModule(L.LightningModule):
         self.save_hyperparameters(ignore=["optimizer", "lr_schedule"], logger=False)
         self.model = GPT(GPTConfig(**model_config))
         self.tokenizer = CharTokenizer(vocab)
-        # From the optimizer config group (conf/optimizer/); none when the module only samples.
+        # From the optimizer config group (conf/train/optimizer/); none when the module only samples.
         self.optimizer_factory = optimizer
-        # From conf/lr_schedule/: a scheduler stepped after every optimizer update, or none (a constant lr).
+        # From conf/train/lr_schedule/: a scheduler stepped after every optimizer update, or none (a constant lr).
         self.lr_schedule = lr_schedule
         # Mean loss per split at the latest evaluation; the val dataloaders come in this order.
         self.splits = ("train", "val")

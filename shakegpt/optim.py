@@ -1,4 +1,4 @@
-"""The optimizers and learning-rate schedules the config groups name (conf/optimizer/, conf/lr_schedule/)."""
+"""The optimizers and learning-rate schedules the config groups name (conf/train/optimizer/, lr_schedule/)."""
 
 from __future__ import annotations
 

@@ -24,15 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
 
-matplotlib.use("Agg")  # files only, no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-from hydra.experimental.callback import Callback  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-
-from shakegpt.errors import ShakeGPTError  # noqa: E402
-from shakegpt.rundir import (  # noqa: E402
+from shakegpt.errors import ShakeGPTError
+from shakegpt.rundir import (
     METRICS,
     RUN_RECORD,
     SAMPLES,
@@ -303,7 +299,19 @@ def group_curve(group: Group, column: int) -> tuple[list[int], list[float], list
     return steps, [mean for mean, _ in stats], [std for _, std in stats]
 
 
+def pyplot() -> Any:
+    """matplotlib's pyplot, drawing into files only (no display needed); loaded when a plot is drawn, so that
+    `shakegpt-report --help` answers without it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def plot_losses(runs: list[Run], path: Path, groups: list[Group]) -> None:
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(9, 5.5))
     if groups:
         for i, group in enumerate(groups):
@@ -331,6 +339,7 @@ def plot_losses(runs: list[Run], path: Path, groups: list[Group]) -> None:
 
 
 def plot_scaling(runs: list[Run], path: Path, groups: list[Group]) -> None:
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 5))
     for group in groups or [Group(run.label, [run]) for run in runs]:
         params = group.runs[0].record.get("parameters")

@@ -1,174 +1,19 @@
-"""Training entry point: `python -m shakegpt.train [overrides]`, or `-m` for a sweep."""
+"""Training entry point: `python -m shakegpt.train [overrides]`, or `-m` for a sweep (`shakegpt-train`)."""
 
 from __future__ import annotations
 
-from shakegpt.errors import stop_on_signals
+from omegaconf import DictConfig
 
-if __name__ == "__main__":  # `python -m shakegpt.train`: Ctrl-C and SIGTERM work during the slow imports below
-    stop_on_signals()
-
-import logging
-import math
-from pathlib import Path
-
-import hydra
-import lightning as L
-import torch
-from hydra.utils import instantiate
-from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
-
-from shakegpt.callbacks import best_val_loss, log_hparams
-from shakegpt.checkpoint import check_resumable
-from shakegpt.config_dir import config_dir
-from shakegpt.errors import ShakeGPTError
-from shakegpt.hardware import check_accelerator
-from shakegpt.launch import accepting_pasted_folders, restarted_by_slurm, run_job, save_run_config, wait_for_ranks
-from shakegpt.module import GPTModule
-from shakegpt.resume import AtomicCheckpointIO, StartPoint, run_settings, start_point
-from shakegpt.rundir import METRICS, RUN_RECORD, drop_evaluations_from, read_record
-
-CONFIG_DIR = config_dir()
-
-log = logging.getLogger(__name__)
+from shakegpt.launch import entry_point, run_job
 
 
-def flat_hparams(cfg: DictConfig) -> dict[str, object]:
-    """The run's settings as flat key/value pairs for TensorBoard's HParams tab."""
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    keys = ("model", "data", "optimizer", "lr_schedule", "trainer", "hardware", "seed")
-    container = {key: resolved[key] for key in keys}
-    # The hardware group's accelerator, devices and precision are defaults for the trainer's, which took effect.
-    container["hardware"] = {key: v for key, v in container["hardware"].items() if key not in resolved["trainer"]}
-    # The run's folder differs in every run and says nothing about it: as a column it would come before the
-    # settings a sweep varies (TensorBoard puts the columns whose values differ first).
-    container["trainer"] = {key: v for key, v in container["trainer"].items() if key != "default_root_dir"}
-    flat: dict[str, object] = {}
-
-    def walk(prefix: str, node: object) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                if not str(key).startswith("_"):
-                    walk(f"{prefix}.{key}" if prefix else str(key), value)
-        else:
-            flat[prefix] = node if isinstance(node, (int, float, str, bool)) else str(node)
-
-    walk("", container)
-    return flat
-
-
-def check_settings(cfg: DictConfig) -> None:
-    """Values that would fail deep inside a library, or silently train nonsense, refused in one line."""
-
-    def positive_int(name: str, value: object) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ShakeGPTError(f"{name} must be a positive whole number, got {value!r}")
-
-    for name in ("batch_size", "block_size"):
-        positive_int(f"data.{name}", cfg.data[name])
-    for name in ("max_steps", "val_check_interval", "limit_val_batches"):
-        positive_int(f"trainer.{name}", cfg.trainer[name])
-
-    def number(value: object) -> bool:
-        return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-
-    lr, decay, fraction, seed = cfg.optimizer.lr, cfg.optimizer.weight_decay, cfg.data.train_fraction, cfg.seed
-    if not number(lr) or lr <= 0:
-        raise ShakeGPTError(f"optimizer.lr must be a positive number, got {lr!r}")
-    if not number(decay) or decay < 0:
-        raise ShakeGPTError(f"optimizer.weight_decay must be a number, 0 or more, got {decay!r}")
-    if not number(fraction) or not 0 < fraction < 1:
-        raise ShakeGPTError(f"data.train_fraction must be between 0 and 1 (the rest is for val), got {fraction!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
-        raise ShakeGPTError(f"seed must be a whole number from 0 to {2**32 - 1}, got {seed!r}")
-    if not isinstance(cfg.resume, (bool, str)) or cfg.resume == "":
-        raise ShakeGPTError(
-            f"resume must be true, false or a checkpoint (a .ckpt file or a run folder), got {cfg.resume!r}"
-        )
-    if cfg.trainer.get("accumulate_grad_batches", 1) != 1:
-        raise ShakeGPTError(
-            "trainer.accumulate_grad_batches is not supported: training batches and evaluations are counted in "
-            "optimizer steps; raise data.batch_size, or add processes with trainer=ddp hardware.devices=N"
-        )
-
-
-def build(
-    cfg: DictConfig, start: StartPoint | None = None, settings: dict[str, object] | None = None, **trainer_kwargs
-) -> tuple[L.Trainer, GPTModule, L.LightningDataModule]:
-    """Everything a run needs, from its config: the trainer, the model and the data. A run continuing from a
-    checkpoint (start) evaluates first only if the checkpoint was taken before an evaluation, and hides the
-    TensorBoard events the interrupted run wrote past it."""
-    start = start or StartPoint()
-    check_settings(cfg)
-    check_accelerator(cfg.hardware.accelerator)
-    L.seed_everything(cfg.seed, workers=True)
-    torch.set_float32_matmul_precision(cfg.hardware.matmul_precision)
-
-    datamodule = instantiate(cfg.data)
-    datamodule.prepare_data()
-    datamodule.setup("fit")
-    # Plain values, not instantiated: the module keeps them as the model config its checkpoints carry.
-    model_config = {**OmegaConf.to_container(cfg.model, resolve=True), "vocab_size": datamodule.tokenizer.vocab_size}
-    module = GPTModule(
-        model_config, datamodule.tokenizer.vocab, instantiate(cfg.optimizer), instantiate(cfg.lr_schedule)
-    )
-    if cfg.hardware.compile:
-        module.model.compile()  # in place, so checkpoint keys stay free of `_orig_mod.`
-
-    # The checkpoints carry the settings that decide the run's numbers, for a resume to compare.
-    settings = settings if settings is not None else run_settings(OmegaConf.to_container(cfg, resolve=True))
-    callbacks = [
-        instantiate(callback, _convert_="all", **({"settings": settings} if name == "run_checkpoints" else {}))
-        for name, callback in cfg.callbacks.items()
-    ]
-    callbacks += trainer_kwargs.pop("callbacks", [])
-    logger = instantiate(cfg.logger, **({"purge_step": start.first_unrecorded_step} if start.checkpoint else {}))
-    if not start.eval_pending:
-        trainer_kwargs["num_sanity_val_steps"] = 0
-    trainer = instantiate(
-        cfg.trainer, logger=logger, callbacks=callbacks, plugins=[AtomicCheckpointIO()], **trainer_kwargs
-    )
-    return trainer, module, datamodule
-
-
-def train(cfg: DictConfig) -> float:
-    """Fit one model as the config says; returns the best val loss, the metric sweeps optimise.
-
-    With resume=true (and in a job SLURM requeued), a run folder whose run finished (at trainer.max_steps or
-    beyond, or stopped early) is skipped, its best val loss returned, and one whose run was interrupted
-    continues from its last checkpoint: re-running a sweep into its folder redoes no work.
-    """
-    output_dir = Path(cfg.paths.output_dir)
-    check_settings(cfg)
-    requeued = restarted_by_slurm()
-    record = read_record(output_dir / RUN_RECORD)
-    done = record.get("status") == "stopped early" or (
-        record.get("status") in ("finished", "diverged") and record.get("steps", 0) >= cfg.trainer.max_steps
-    )
-    if (cfg.resume is True or requeued) and done:
-        log.info("%s finished already; skipped (resume=true)", output_dir)
-        return float(record.get("best_val_loss") or float("nan"))
-    settings = run_settings(OmegaConf.to_container(cfg, resolve=True))
-    start = start_point(output_dir, cfg.resume, settings, requeued)
-    if rank_zero_only.rank == 0:
-        save_run_config(cfg, output_dir)
-        drop_evaluations_from(output_dir / METRICS, start.first_unrecorded_step)
-    trainer, module, datamodule = build(cfg, start, settings)
-    if start.checkpoint is not None:
-        check_resumable(start.checkpoint, module.hparams.model_config, module.hparams.vocab)
-    print(f"{module.model.num_parameters() / 1e6:.6f} M parameters", flush=True)
-    if start.checkpoint is None:  # a resumed run's TensorBoard folder has them already
-        log_hparams(trainer.logger, flat_hparams(cfg))
-    trainer.fit(module, datamodule=datamodule, ckpt_path=start.checkpoint)
-    wait_for_ranks(trainer)
-    best = best_val_loss(trainer)
-    return best if best is not None else float("nan")
-
-
-@accepting_pasted_folders
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+@entry_point("train")
 def main(cfg: DictConfig) -> float | None:
     """One training run (a sweep's job), with the launch plumbing around it (shakegpt.launch.run_job)."""
+    # Lightning and torch load here, once Hydra has a config to run: `--help` and shell completion answer
+    # without them (seconds of imports on a small machine).
+    from shakegpt.training import train
+
     return run_job(cfg, train)
 
 

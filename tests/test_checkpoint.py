@@ -5,9 +5,8 @@ from dataclasses import asdict
 import pytest
 import torch
 
-from shakegpt.checkpoint import check_resumable, resolve_checkpoint
+from shakegpt.checkpoint import check_resumable, load_module, resolve_checkpoint
 from shakegpt.errors import ShakeGPTError
-from shakegpt.generate import load_module
 
 # Each test reads the checkpoints of a real tiny run (conftest's `run`, a subprocess).
 pytestmark = pytest.mark.slow

@@ -16,7 +16,7 @@ from .conftest import ROOT
 
 
 def composed(*overrides: str):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(ROOT / "conf" / "train"), version_base="1.3"):
         return compose(config_name="train", overrides=list(overrides))
 
 
@@ -144,13 +144,15 @@ def test_lightnings_common_flags_need_no_plus(tmp_path):
 
 
 def test_the_help_screen_lists_every_config_group_and_option():
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(ROOT / "conf" / "train"), version_base="1.3"):
         template = compose(config_name="train", return_hydra_config=True).hydra.help.template
     groups = template.split("== Config groups (group=option) ==")[1].split("==")[0]
-    conf = ROOT / "conf"
-    folders = [folder for folder in conf.iterdir() if folder.is_dir() and folder.name not in ("hydra", "mnist")]
-    for folder in [*folders, conf / "hydra" / "launcher"]:
-        name = str(folder.relative_to(conf))
+    train, shared = ROOT / "conf" / "train", ROOT / "conf" / "shared"
+    folders = [folder for root in (train, shared) for folder in root.iterdir() if folder.is_dir()]
+    for folder in [*folders, train / "hydra" / "launcher"]:
+        if folder.name == "hydra":
+            continue
+        name = str(folder.relative_to(folder.parent.parent if folder.name == "launcher" else folder.parent))
         assert f"{name}: " in groups, name
         for option in folder.glob("*.yaml"):
             assert option.stem in groups, f"{name}={option.stem}"

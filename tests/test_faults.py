@@ -27,7 +27,7 @@ from shakegpt.generate import check_options
 from shakegpt.hardware import pick_device
 from shakegpt.launch import hydra_value
 from shakegpt.rundir import read_metrics
-from shakegpt.train import check_settings
+from shakegpt.training import check_settings
 
 from .conftest import ROOT, TINY, run_module
 
@@ -325,7 +325,7 @@ def test_checkpoint_writes_leave_no_temp_files_and_stale_ones_are_cleaned(tmp_pa
     ],
 )
 def test_bad_training_values_are_refused(override, message):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(ROOT / "conf" / "train"), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[*TINY, override])
     with pytest.raises(ShakeGPTError, match=message):
         check_settings(cfg)
@@ -372,7 +372,7 @@ def test_a_checkpoint_that_would_run_code_is_refused_as_unsafe(tmp_path):
     ],
 )
 def test_bad_sampling_options_are_refused(override, message):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(ROOT / "conf" / "train"), version_base="1.3"):
         cfg = compose(config_name="generate", overrides=["ckpt_path=somewhere", override])
     with pytest.raises(ShakeGPTError, match=message):
         check_options(cfg)

@@ -1,10 +1,15 @@
-"""The launch plumbing, in-process: sweep job names, pasted folders, SLURM requeues."""
+"""The launch plumbing: sweep job names, pasted folders, SLURM requeues, in-process; --help and completion."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
-from shakegpt.launch import SWEPT_KEYS, SweptKeys, job_name, quote_path_overrides, restarted_by_slurm
+from shakegpt.launch import SWEPT_KEYS, SweptKeys, help_text, job_name, quote_path_overrides, restarted_by_slurm
 
 from .conftest import ROOT
 
@@ -29,7 +34,7 @@ def test_a_job_is_restarted_by_slurm_only_when_slurm_says_so(monkeypatch):
 def sweep_job(sweep_dir, job_overrides, sweep_overrides=None, mode="MULTIRUN", search=()):
     """The name a job gets: SweptKeys runs once as the sweep starts (given sweep_overrides), then job_name in
     the job, as Hydra's launchers do, with the job's own overrides."""
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(ROOT / "conf" / "train"), version_base="1.3"):
         config = compose(
             "train",
             overrides=[*search, *job_overrides, f"hydra.sweep.dir={sweep_dir}", f"hydra.mode={mode}"],
@@ -69,3 +74,54 @@ def test_jobs_are_named_by_all_their_overrides_where_nothing_varies_or_the_folde
     (tmp_path / "b" / all_overrides).mkdir(parents=True)
     assert sweep_job(tmp_path / "b", job, ["hardware=cpu", "model.n_layer=1,2"]) == all_overrides
     assert sweep_job(tmp_path / "c", job, mode="RUN") == all_overrides
+
+
+COMMANDS = ("train", "generate", "evaluate")
+
+# Hydra's own `--help` of each command, with an override, in a process of its own (Hydra configures logging).
+HYDRAS_HELP = """
+import sys, hydra
+from shakegpt.config_dir import config_dir
+from shakegpt.launch import HYDRA_VERSION_BASE
+for name in sys.argv[1:]:
+    sys.argv = [name, "--help", "seed=7"]
+    try:
+        hydra.main(version_base=HYDRA_VERSION_BASE, config_path=config_dir(name), config_name=name)(print)()
+    except SystemExit:
+        print("\\f", flush=True)
+"""
+
+
+def test_help_is_hydras_own_text_without_torch_or_lightning():
+    hydras = subprocess.run(
+        [sys.executable, "-c", HYDRAS_HELP, *COMMANDS], capture_output=True, text=True, check=True
+    ).stdout.split("\f\n")
+    for name, expected in zip(COMMANDS, hydras, strict=False):
+        assert help_text(name, ["seed=7"]) + "\n" == expected, name
+    assert "\nseed: 7\n" in hydras[0]  # the composed config, which training's help shows
+    # What a command imports before it answers --help or a TAB.
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, shakegpt.train, shakegpt.generate, shakegpt.evaluate, shakegpt.report; "
+         "print(*(name for name in ('torch', 'lightning', 'matplotlib') if name in sys.modules))"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    assert loaded == []
+
+
+def completions(command: str, line: str) -> list[str]:
+    """What bash's TAB offers after `line` (Hydra's completion, as `-sc install=bash` sets it up)."""
+    executable = Path(sys.executable).parent / f"shakegpt-{command}"
+    env = {**os.environ, "COMP_LINE": f"shakegpt-{command} {line}"}
+    return subprocess.run(
+        [executable, "-sc", "query=bash"], env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
+
+
+def test_each_command_completes_only_what_it_accepts():
+    assert {"experiment=", "optimizer=", "hardware=", "data="} <= set(completions("train", ""))
+    assert not {"ckpt_path=", "mnist", "mnist/"} & set(completions("train", ""))
+    assert {"ckpt_path=", "prompt=", "kv_cache="} <= set(completions("generate", ""))
+    assert not {"experiment=", "model=", "data=", "hardware="} & set(completions("generate", ""))
+    assert {"ckpt_path=", "eval_batches=", "hardware=", "data="} <= set(completions("evaluate", ""))
+    assert not {"experiment=", "optimizer=", "trainer="} & set(completions("evaluate", ""))
+    assert "hardware=cuda" in completions("evaluate", "hardware=")

@@ -168,7 +168,7 @@ def test_a_preempted_job_is_requeued_and_finishes_with_the_uninterrupted_losses(
     assert sweep_process.returncode == 0, errors[-3000:]
 
     logs = sweep / ".submitit" / job
-    # What SLURM does ahead of a time limit too: signal the tasks (conf/hydra/launcher/slurm.yaml's 120 s).
+    # What SLURM does ahead of a time limit too: signal the tasks (conf/train/hydra/launcher/slurm.yaml's 120 s).
     assert "#SBATCH --signal=USR2@120" in (logs / f"{job}_submission.sh").read_text()
     stopped = re.search(r"interrupted by SIGUSR2 at step (\d+)", (logs / f"{job}_0_log.err").read_text())
     assert stopped and 50 <= int(stopped.group(1)) < 300
@@ -192,7 +192,7 @@ def composed():
     and unset afterwards."""
 
     def compose_train(*overrides: str):
-        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        with initialize_config_dir(config_dir=str(ROOT / "conf" / "train"), version_base="1.3"):
             cfg = compose(config_name="train", overrides=list(overrides), return_hydra_config=True)
         HydraConfig.instance().set_config(cfg)
         return cfg

@@ -16,8 +16,8 @@ from tensorboard import program
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
+from shakegpt.checkpoint import load_module
 from shakegpt.data import TINYSHAKESPEARE
-from shakegpt.generate import load_module
 from shakegpt.optim import warmup_cosine_lr
 from shakegpt.report import write_report
 from shakegpt.rundir import remove_unstarted
@@ -62,6 +62,10 @@ def test_train_log_keeps_the_eval_lines_and_the_console_has_no_known_noise(run):
     assert eval_lines(logged) == eval_lines(proc.stdout)
     for text in ("litlogger", "IterableDataset", "LeafSpec"):
         assert text not in proc.stderr + proc.stdout, text
+    # Lightning's other notices, once each, plain, as Lightning prints them (though imported after Hydra set up
+    # logging), and not in train.log.
+    assert (proc.stderr + proc.stdout).splitlines().count("Seed set to 1337") == 1
+    assert "Seed set to" not in logged
 
 
 def test_tensorboard_has_both_losses_the_hparams_and_text_samples(run):
