@@ -9,7 +9,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import EarlyStopping
+from lightning.pytorch.callbacks import EarlyStopping, TQDMProgressBar
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
@@ -146,6 +146,23 @@ class EvalReport(L.Callback):
         # Last, and whole: a row in metrics.csv means everything of this evaluation was written.
         self._rows.append(EvalRow(step, train_loss, val_loss, time.monotonic() - self._start))
         write_metrics(self.metrics_path, self._rows)
+
+
+class ProgressBar(TQDMProgressBar):
+    """Lightning's progress bar, which on a resumed run would show neither the run's length nor the time left,
+    and a rate counted from step 0: a run is one epoch, and Lightning does not start an epoch it resumes in
+    the middle of (no on_train_epoch_start), where its bar learns the total."""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        if trainer.global_step > 0:
+            self.on_train_epoch_start(trainer)
+            bar, done = self.train_progress_bar, trainer.global_step
+            # The loader serves the steps left (shakegpt.data); the bar counts the run's steps, and its rate and
+            # time left from the step resumed at.
+            bar.total = done + bar.total if bar.total is not None else None
+            bar.n = bar.initial = done
+            bar.refresh()
 
 
 class TextSamples(L.Callback):

@@ -189,8 +189,11 @@ def test_a_kill_after_an_evaluation_resumes_without_repeating_rows(tmp_path, uni
     run.finish()
     assert json.loads((folder / "run.json").read_text())["status"] == "running"  # it had no chance to say
 
-    resume(folder)
+    resumed = resume(folder)
     assert_same_outcome(folder, uninterrupted)
+    # The progress bar counts the run's steps from where it resumed (step 20), to the run's length.
+    assert re.search(r"Epoch 0:  67%\S* *\| 20/30 ", resumed.output), resumed.output[-2000:]
+    assert "| 30/30 [" in resumed.output
 
 
 def test_resuming_a_finished_run_completes_it_or_says_it_is_done(tmp_path, uninterrupted):
