@@ -38,6 +38,14 @@ def read_checkpoint(path: Path, device: str = "cpu") -> dict[str, Any]:
         raise ShakeGPTError(f"{path} is not a readable checkpoint: truncated, corrupt, or not a PyTorch file") from None
     except (RuntimeError, OSError, EOFError, zipfile.BadZipFile):
         raise ShakeGPTError(f"{path} is not a readable checkpoint: truncated, corrupt, or not a PyTorch file") from None
+    # torch.load reads past a damaged byte without a word (it checks no checksum); the zip's own say.
+    with zipfile.ZipFile(path) as archive:
+        damaged = archive.testzip()
+    if damaged is not None:
+        raise ShakeGPTError(
+            f"{path} is damaged: {damaged} inside it does not match its checksum (a bad disk or copy); use "
+            "another checkpoint, e.g. the run folder's other one in checkpoints/"
+        )
     hparams = checkpoint.get("hyper_parameters", {}) if isinstance(checkpoint, dict) else {}
     if not {"model_config", "vocab"} <= hparams.keys() or "state_dict" not in checkpoint:
         raise ShakeGPTError(f"{path} is not a shakegpt checkpoint: it lacks the model config and vocabulary")
@@ -54,6 +62,13 @@ def load_module(ckpt_path: str, device: str = "cpu") -> GPTModule:
         module.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as err:
         raise ShakeGPTError(f"{path} does not match the model its config describes: {err}") from None
+    if not all(
+        torch.isfinite(weights).all() for weights in module.state_dict().values() if weights.is_floating_point()
+    ):
+        raise ShakeGPTError(
+            f"{path} holds weights that are not finite numbers (NaN or infinite): the run diverged before it was "
+            "written; use an earlier checkpoint, or train again with a lower optimizer.lr"
+        )
     return module.to(device)
 
 

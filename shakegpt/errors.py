@@ -35,7 +35,7 @@ class Interrupted(Exception):
 
 
 def _exit_at_once(signum: int, frame: FrameType | None) -> None:
-    print(f"interrupted by {signal.Signals(signum).name} before the run started; nothing was written", file=sys.stderr)
+    print(f"interrupted by {signal.Signals(signum).name}; nothing was written", file=sys.stderr)
     sys.stderr.flush()
     os._exit(128 + signum)
 
@@ -44,12 +44,13 @@ def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
     raise Interrupted(signum)
 
 
-def stop_on_signals(run_folder_held: bool = False) -> None:
+def stop_on_signals(raise_interrupted: bool = False) -> None:
     """Make Ctrl-C and SIGTERM end the program within moments, whatever it is doing (a shell that starts it in
-    the background would have Python ignore Ctrl-C; SIGTERM's default leaves no word). Before a run holds its
-    folder: one line and the signal's exit status at once, as nothing needs saving. Once it holds one: an
-    Interrupted raised where the program is, which the run's job records (run.json: interrupted) before it
-    exits; training replaces these handlers with its own, which stop at a step it resumes from."""
-    handler = _raise_interrupted if run_folder_held else _exit_at_once
+    the background would have Python ignore Ctrl-C; SIGTERM's default leaves no word). By default: one line and
+    the signal's exit status at once, while nothing needs saving. With raise_interrupted: an Interrupted raised
+    where the program is, for it to finish what it must before it exits (a run records itself in run.json,
+    sampling ends its text); training replaces these handlers with its own, which stop at a step it resumes
+    from."""
+    handler = _raise_interrupted if raise_interrupted else _exit_at_once
     for signum in STOP_SIGNALS:
         signal.signal(signum, handler)

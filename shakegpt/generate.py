@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import math
+import sys
 from typing import get_args
 
 from omegaconf import DictConfig
 
-from shakegpt.errors import ShakeGPTError
+from shakegpt.errors import Interrupted, ShakeGPTError, stop_on_signals
 from shakegpt.launch import entry_point
 
 
@@ -21,6 +23,9 @@ def check_options(cfg: DictConfig) -> None:
     temperature = cfg.temperature
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 < temperature < math.inf:
         raise ShakeGPTError(f"temperature must be a positive number, got {temperature!r}")
+    seed = cfg.seed
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+        raise ShakeGPTError(f"seed must be a whole number from 0 to {2**64 - 1}, got {seed!r}")
     top_k = cfg.top_k
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k <= 0):
         raise ShakeGPTError(f"top_k must be a positive whole number, or null for no cut-off, got {top_k!r}")
@@ -40,10 +45,20 @@ def main(cfg: DictConfig) -> None:
     try:
         check_options(cfg)
         module = load_module(cfg.ckpt_path, pick_device(cfg.device))
-        text = module.sample(cfg.prompt, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.seed, cfg.kv_cache)
+        text = module.stream(cfg.prompt, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.seed, cfg.kv_cache)
+        prompt = next(text)  # once it is known to be in the checkpoint's vocabulary
     except ShakeGPTError as err:
         raise SystemExit(f"error: {err}") from None
-    print(text)
+    # The text as it comes (minutes for a large model on a CPU); Ctrl-C keeps what came.
+    stop_on_signals(raise_interrupted=True)
+    try:
+        for piece in itertools.chain([prompt], text):
+            print(piece, end="", flush=True)
+    except Interrupted as err:
+        print(flush=True)
+        print(err, file=sys.stderr)
+        raise SystemExit(err.exit_code) from None
+    print()
 
 
 if __name__ == "__main__":

@@ -394,7 +394,7 @@ def run_job(cfg: DictConfig, job: Callable[[DictConfig], float]) -> float | None
     try:
         if lock is not None:
             lock.acquire()
-        stop_on_signals(run_folder_held=True)  # from here a signal is recorded in run.json
+        stop_on_signals(raise_interrupted=True)  # from here a signal is recorded in run.json
         with launchable_job():
             return job(cfg)
     except FolderInUse as err:

@@ -7,6 +7,7 @@ only: on the attention weights, after the attention projection, and after the ML
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -165,7 +166,6 @@ class GPT(nn.Module):
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1))
         return logits, loss
 
-    @torch.inference_mode()
     def generate(
         self,
         idx: torch.Tensor,
@@ -175,7 +175,21 @@ class GPT(nn.Module):
         kv_cache: KVCacheMode = "exact",
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Append max_new_tokens sampled tokens to idx (batch, time); the context is cropped to block_size.
+        """idx (batch, time) with max_new_tokens sampled tokens appended (see stream)."""
+        return torch.cat([idx, *self.stream(idx, max_new_tokens, temperature, top_k, kv_cache, generator)], dim=1)
+
+    @torch.inference_mode()
+    def stream(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        kv_cache: KVCacheMode = "exact",
+        generator: torch.Generator | None = None,
+    ) -> Iterator[torch.Tensor]:
+        """The max_new_tokens tokens sampled after idx (batch, time), one (batch, 1) tensor at a time, as they
+        come; the context is cropped to block_size.
 
         kv_cache="off" recomputes the whole window for every token (the classic loop). "exact" reuses
         cached keys and values while the sequence fits the window, and gives the same tokens as "off";
@@ -196,11 +210,13 @@ class GPT(nn.Module):
                 window = idx[:, -(block_size if caches is None else refill) :]
                 caches = None if kv_cache == "off" else [LayerCache() for _ in self.blocks]
                 hidden = self.hidden_states(window, caches)
-            # Only the last position is sampled from, so only its logits are computed.
-            logits = self.lm_head(hidden[:, -1, :]).float() / temperature
+            # Only the last position is sampled from, so only its logits are computed; scaled once the largest is
+            # taken off, so that a temperature near 0 tends to the likeliest token instead of overflowing.
+            logits = self.lm_head(hidden[:, -1, :]).float()
+            logits = (logits - logits.max(dim=-1, keepdim=True).values) / temperature
             if top_k is not None:
                 kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
                 logits = logits.masked_fill(logits < kth, float("-inf"))
             next_token = torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)
             idx = torch.cat([idx, next_token], dim=1)
-        return idx
+            yield next_token

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import lightning as L
@@ -96,8 +96,20 @@ class GPTModule(L.LightningModule):
         seed: int = 1337,
         kv_cache: KVCacheMode = "exact",
     ) -> str:
-        """prompt (None: the tokenizer's default) followed by max_new_tokens sampled characters, in eval mode,
-        without touching the global RNG."""
+        """prompt (None: the tokenizer's default) followed by max_new_tokens sampled characters (see stream)."""
+        return "".join(self.stream(prompt, max_new_tokens, temperature, top_k, seed, kv_cache))
+
+    def stream(
+        self,
+        prompt: str | None,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        seed: int = 1337,
+        kv_cache: KVCacheMode = "exact",
+    ) -> Iterator[str]:
+        """prompt (None: the tokenizer's default), then max_new_tokens sampled characters one at a time, as they
+        come; in eval mode, without touching the global RNG."""
         if prompt is None:
             prompt = self.tokenizer.default_prompt
         if not prompt:
@@ -107,7 +119,8 @@ class GPTModule(L.LightningModule):
         try:
             idx = torch.tensor([self.tokenizer.encode(prompt)], dtype=torch.long, device=self.device)
             generator = torch.Generator(device=self.device).manual_seed(seed)
-            out = self.model.generate(idx, max_new_tokens, temperature, top_k, kv_cache, generator)
+            yield prompt
+            for token in self.model.stream(idx, max_new_tokens, temperature, top_k, kv_cache, generator):
+                yield self.tokenizer.decode([token.item()])
         finally:
             self.model.train(was_training)
-        return self.tokenizer.decode(out[0].tolist())

@@ -1,5 +1,6 @@
 """Checkpoints: what a run writes loads safely; what is not ours, truncated or for another model is refused."""
 
+import zipfile
 from dataclasses import asdict
 
 import pytest
@@ -31,6 +32,28 @@ def test_checkpoints_that_are_not_ours_or_truncated_are_refused(tmp_path, run):
         load_module(str(foreign))
     with pytest.raises(ShakeGPTError, match="no checkpoint at"):
         load_module(str(tmp_path / "nothing-here"))
+
+
+def test_a_checkpoint_damaged_inside_or_holding_nan_weights_is_refused(tmp_path, run):
+    folder, _ = run
+    best = folder / "checkpoints" / "best.ckpt"
+    with zipfile.ZipFile(best) as archive:  # the largest tensor's bytes, in the middle
+        member = max(archive.infolist(), key=lambda info: info.file_size)
+    data = bytearray(best.read_bytes())
+    header = 30 + int.from_bytes(data[member.header_offset + 26 : member.header_offset + 28], "little")
+    header += int.from_bytes(data[member.header_offset + 28 : member.header_offset + 30], "little")
+    data[member.header_offset + header + member.file_size // 2] ^= 0x40
+    damaged = tmp_path / "damaged.ckpt"
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(ShakeGPTError, match=r"damaged\.ckpt is damaged: .* does not match its checksum"):
+        load_module(str(damaged))
+
+    checkpoint = torch.load(best, weights_only=True)
+    next(iter(checkpoint["state_dict"].values())).view(-1)[0] = float("nan")
+    diverged = tmp_path / "nan.ckpt"
+    torch.save(checkpoint, diverged)
+    with pytest.raises(ShakeGPTError, match="weights that are not finite numbers"):
+        load_module(str(diverged))
 
 
 def test_resuming_from_another_vocabulary_or_model_is_refused(run):

@@ -162,7 +162,7 @@ def test_a_signal_during_the_imports_ends_the_program_at_once_in_one_line(tmp_pa
     process.send_signal(signum)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 128 + signum and time.monotonic() - sent < 5
-    assert stderr.strip() == f"interrupted by {signal.Signals(signum).name} before the run started; nothing was written"
+    assert stderr.strip() == f"interrupted by {signal.Signals(signum).name}; nothing was written"
     assert not (tmp_path / "run" / "run.json").exists()
 
 
@@ -372,14 +372,35 @@ def test_a_checkpoint_that_would_run_code_is_refused_as_unsafe(tmp_path):
         ("max_new_tokens=-5", "max_new_tokens must be a whole number"),
         ("kv_cache=bogus", "kv_cache must be one of exact, fast, off"),
         ("device=tpu", "device must be auto, cpu"),
+        (f"seed={2**64}", "seed must be a whole number from 0 to 18446744073709551615"),
+        ("seed=-1", "seed must be a whole number from 0 to"),
     ],
 )
 def test_bad_sampling_options_are_refused(override, message):
-    with initialize_config_dir(config_dir=str(ROOT / "conf" / "train"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(ROOT / "conf" / "generate"), version_base="1.3"):
         cfg = compose(config_name="generate", overrides=["ckpt_path=somewhere", override])
     with pytest.raises(ShakeGPTError, match=message):
         check_options(cfg)
         pick_device(cfg.device)
+
+
+def test_ctrl_c_while_sampling_keeps_the_text_so_far(run, tmp_path):
+    folder, _ = run
+    text = tmp_path / "text"
+    with text.open("w") as stdout:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "shakegpt.generate", f"ckpt_path={folder}", "max_new_tokens=1000000"],
+            stdout=stdout, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "2"},
+        )  # fmt: skip
+        deadline = time.monotonic() + 120
+        while text.stat().st_size < 100:  # the text comes as it is sampled
+            assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=10)
+    assert process.returncode == 130 and stderr == "interrupted by SIGINT\n"
+    kept = text.read_text()
+    assert len(kept) >= 100 and kept.endswith("\n")
 
 
 @pytest.mark.parametrize("device", ["cuda", "mps"])

@@ -123,6 +123,15 @@ def test_fast_kv_cache_matches_inside_the_window_and_keeps_going_past_it():
     assert torch.equal(fast[:, :16], full[:, :16])
 
 
+def test_a_temperature_near_zero_samples_the_likeliest_tokens():
+    model = tiny().eval()
+    idx = torch.zeros(1, 1, dtype=torch.long)
+    for _ in range(10):
+        logits, _ = model(idx[:, -16:])
+        idx = torch.cat([idx, logits[:, -1].argmax(dim=-1, keepdim=True)], dim=1)
+    assert torch.equal(model.generate(idx[:, :1], 10, temperature=1e-40), idx)
+
+
 def test_generate_rejects_a_non_positive_temperature():
     with pytest.raises(ShakeGPTError, match="temperature"):
         tiny().generate(torch.zeros(1, 1, dtype=torch.long), 3, temperature=0)
