@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -151,7 +152,8 @@ class EvalReport(L.Callback):
 class ProgressBar(TQDMProgressBar):
     """Lightning's progress bar, which on a resumed run would show neither the run's length nor the time left,
     and a rate counted from step 0: a run is one epoch, and Lightning does not start an epoch it resumes in
-    the middle of (no on_train_epoch_start), where its bar learns the total."""
+    the middle of (no on_train_epoch_start), where its bar learns the total. And it ends its line when the run
+    stops on an exception."""
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
@@ -163,6 +165,13 @@ class ProgressBar(TQDMProgressBar):
             bar.total = done + bar.total if bar.total is not None else None
             bar.n = bar.initial = done
             bar.refresh()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        # The line that says why the run stopped (a signal, an error) then starts a line of its own, not the end
+        # of the bar's.
+        for name in ("val_progress_bar", "train_progress_bar"):
+            with contextlib.suppress(TypeError):  # Lightning's way of saying the bar was not made
+                getattr(self, name).close()
 
 
 class TextSamples(L.Callback):

@@ -137,7 +137,7 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_numbers(tmp_path, unint
     code = run.finish()
 
     assert code == 128 + signum, run.output[-3000:]
-    stopped = re.search(r"interrupted by (SIG\w+) at step (\d+); continue with: (.+)", run.output)
+    stopped = re.search(r"\ninterrupted by (SIG\w+) at step (\d+); continue with: (.+)", run.output)
     assert stopped, run.output[-3000:]
     assert stopped.group(1) == signal.Signals(signum).name
     assert f"hydra.run.dir={folder} resume=true" in stopped.group(3)
