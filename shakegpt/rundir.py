@@ -35,6 +35,8 @@ CHECKPOINTS = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
 BEST_CHECKPOINT = "best.ckpt"
 LOCK = "run.lock"
+# TensorBoard's files (TensorBoardLogger writes into the run folder itself).
+TENSORBOARD_EVENTS = "events.out.tfevents.*"
 # The settings that took effect, every interpolation resolved (beside what Hydra writes in .hydra/).
 SETTINGS = "config.yaml"
 METRICS_HEADER = ("step", "train_loss", "val_loss", "elapsed_s")
@@ -177,13 +179,18 @@ def write_metrics(path: Path, rows: list[EvalRow]) -> None:
     write_atomically(path, out.getvalue().encode())
 
 
-def drop_evaluations_from(path: Path, step: int) -> None:
+def drop_records_from(folder: Path, step: int) -> None:
     """An interrupted run may have recorded evaluations its checkpoint does not hold; the resumed run records
-    them again."""
-    rows = read_metrics(path)
+    them again. metrics.csv loses those rows; TensorBoard's events from that step on are hidden by the resumed
+    run's logger (purge_step), and a run that starts again from scratch removes its earlier attempt's events
+    files, which would otherwise hold every step twice."""
+    rows = read_metrics(folder / METRICS)
     kept = [row for row in rows if row.step < step]
     if len(kept) != len(rows):
-        write_metrics(path, kept)
+        write_metrics(folder / METRICS, kept)
+    if step == 0:
+        for events in folder.glob(TENSORBOARD_EVENTS):
+            events.unlink()
 
 
 class FolderInUse(Exception):

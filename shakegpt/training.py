@@ -22,7 +22,7 @@ from shakegpt.hardware import check_accelerator
 from shakegpt.launch import restarted_by_slurm, save_run_config, wait_for_ranks
 from shakegpt.module import GPTModule
 from shakegpt.resume import AtomicCheckpointIO, StartPoint, run_settings, start_point
-from shakegpt.rundir import METRICS, RUN_RECORD, drop_evaluations_from, read_record
+from shakegpt.rundir import RUN_RECORD, drop_records_from, read_record
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ def train(cfg: DictConfig) -> float:
     start = start_point(output_dir, cfg.resume, settings, requeued)
     if rank_zero_only.rank == 0:
         save_run_config(cfg, output_dir)
-        drop_evaluations_from(output_dir / METRICS, start.first_unrecorded_step)
+        drop_records_from(output_dir, start.first_unrecorded_step)
     trainer, module, datamodule = build(cfg, start, settings)
     if start.checkpoint is not None:
         check_resumable(start.checkpoint, module.hparams.model_config, module.hparams.vocab)

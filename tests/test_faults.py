@@ -21,6 +21,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
 from shakegpt.errors import ShakeGPTError
 from shakegpt.generate import check_options
@@ -194,6 +195,25 @@ def test_a_kill_after_an_evaluation_resumes_without_repeating_rows(tmp_path, uni
     # The progress bar counts the run's steps from where it resumed (step 20), to the run's length.
     assert re.search(r"Epoch 0:  67%\S* *\| 20/30 ", resumed.output), resumed.output[-2000:]
     assert "| 30/30 [" in resumed.output
+
+
+def test_a_kill_before_the_first_checkpoint_starts_again_and_leaves_no_step_twice(tmp_path, uninterrupted):
+    folder = tmp_path / "run"
+    run = Run(folder)
+    run.wait_for(r"step 0: train loss")
+    run.process.kill()
+    run.finish()
+    assert not (folder / "checkpoints" / "last.ckpt").exists()
+
+    resume(folder)
+    assert_same_outcome(folder, uninterrupted)
+    steps = [  # every val/loss event in the raw files, as tools that read them without TensorBoard see them
+        event.step
+        for path in folder.glob("events.out.tfevents.*")
+        for event in EventFileLoader(str(path)).Load()
+        if any(value.tag == "val/loss" for value in event.summary.value)
+    ]
+    assert sorted(steps) == [0, 10, 20, 30]
 
 
 def test_resuming_a_finished_run_completes_it_or_says_it_is_done(tmp_path, uninterrupted):
