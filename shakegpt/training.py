@@ -26,6 +26,10 @@ from shakegpt.rundir import RUN_RECORD, drop_records_from, read_record
 
 log = logging.getLogger(__name__)
 
+# Past this, AdamW's first update (lr / (1 - beta1) = 10 x lr) is no float32 number and the optimizer fails
+# with a traceback; below it, a learning rate too large diverges, which the run reports (RunCheckpoints).
+LARGEST_LR = torch.finfo(torch.float32).max / 10
+
 
 def flat_hparams(cfg: DictConfig) -> dict[str, object]:
     """The run's settings as flat key/value pairs for TensorBoard's HParams tab."""
@@ -69,6 +73,11 @@ def check_settings(cfg: DictConfig) -> None:
     lr, decay, fraction, seed = cfg.optimizer.lr, cfg.optimizer.weight_decay, cfg.data.train_fraction, cfg.seed
     if not number(lr) or lr <= 0:
         raise ShakeGPTError(f"optimizer.lr must be a positive number, got {lr!r}")
+    if lr > LARGEST_LR:
+        raise ShakeGPTError(
+            f"optimizer.lr must be at most {LARGEST_LR:.1e}: AdamW's first step moves each weight by 10 x lr, and "
+            f"float32 ends at 3.4e+38; got {lr!r}"
+        )
     if not number(decay) or decay < 0:
         raise ShakeGPTError(f"optimizer.weight_decay must be a number, 0 or more, got {decay!r}")
     if not number(fraction) or not 0 < fraction < 1:

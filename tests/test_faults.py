@@ -338,6 +338,7 @@ def test_checkpoint_writes_leave_no_temp_files_and_stale_ones_are_cleaned(tmp_pa
         ("trainer.val_check_interval=0", "trainer.val_check_interval must be a positive whole number"),
         ("optimizer.lr=-1", "optimizer.lr must be a positive number"),
         ("optimizer.lr=nan", "optimizer.lr must be a positive number"),
+        ("optimizer.lr=1e38", "optimizer.lr must be at most 3.4e[+]37: AdamW's first step"),
         ("optimizer.weight_decay=-1", "optimizer.weight_decay must be a number, 0 or more"),
         ("data.train_fraction=1.0", "data.train_fraction must be between 0 and 1"),
         ("seed=abc", "seed must be a whole number"),
