@@ -4,7 +4,7 @@
     python scripts/profile_step.py --layers 1 --steps 2 --json
     python scripts/profile_step.py --layers 6 -- hardware.compile=false   # extra Hydra overrides after --
 
-The steps are the real path (`build()` from shakegpt.train, as `python -m shakegpt.train` runs it), profiled
+The steps are the real path (`build()` from shakegpt.training, as `python -m shakegpt.train` runs it), profiled
 after one warm-up step. Every profiled operator's self time is counted once, in the kind of the innermost
 name on its call chain that says what it is for: an `aten::mul` inside a dropout is dropout, a cast inside a
 linear layer is a cast. What the profiler does not see (Lightning's loop, hooks, Python between operators) is

@@ -222,8 +222,9 @@ class RunRecord(L.Callback):
     finished, diverged (a loss DIVERGED_FACTOR times the first evaluation's), interrupted, or failed.
     """
 
-    def __init__(self, path: str, label: str, overrides: str) -> None:
+    def __init__(self, path: str, label: str, overrides: str, run_id: str | None = None) -> None:
         self.path = Path(path)
+        self.run_id = run_id  # kept while the run goes on; its checkpoints carry it too (RunCheckpoints)
         self.label = label  # what tells the run apart (in a sweep, what the sweep varies)
         self.overrides = overrides  # all of them, comma-separated: reports name those every run shares
         self.first_loss: float | None = None
@@ -254,6 +255,7 @@ class RunRecord(L.Callback):
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
         write_record(
             self.path,
+            run_id=self.run_id,
             label=self.label,
             overrides=self.overrides,
             status="running",

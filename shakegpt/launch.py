@@ -309,11 +309,11 @@ def help_text(config_name: str, overrides: list[str]) -> str:
 
 
 def with_saved_overrides(argv: list[str]) -> list[str]:
-    """argv, for `resume=true` on a run folder (hydra.run.dir=...) or a sweep folder (-m hydra.sweep.dir=...),
-    completed with the overrides that run or sweep started with (the folder's .hydra/overrides.yaml, or the
-    sweep's multirun.yaml), so that the folder alone continues a run started with a preset or overrides. An
-    override given again replaces the saved one of the same key; resume.check_same_settings then refuses any
-    that would change the run's numbers."""
+    """argv, for `resume=true` (or `resume=<checkpoint>`) on a run folder (hydra.run.dir=...) or a sweep folder
+    (-m hydra.sweep.dir=...), completed with the overrides that run or sweep started with (the folder's
+    .hydra/overrides.yaml, or the sweep's multirun.yaml), so that the folder alone continues a run started with
+    a preset or overrides. An override given again replaces the saved one of the same key;
+    resume.check_same_settings then refuses any that would change the run's numbers."""
     flags = [arg for arg in argv[1:] if arg.startswith("-")]
     given = [arg for arg in argv[1:] if not arg.startswith("-")]
     try:
@@ -321,7 +321,7 @@ def with_saved_overrides(argv: list[str]) -> list[str]:
     except Exception:  # Hydra reports a malformed override itself, in its own words
         return argv
     values = {override.key_or_group: override.value() for override in parsed}
-    if str(values.get("resume")).lower() != "true":
+    if str(values.get("resume", False)).lower() == "false":
         return argv
     multirun = bool({"-m", "--multirun"} & set(flags))
     folder = values.get("hydra.sweep.dir" if multirun else "hydra.run.dir")

@@ -99,9 +99,10 @@ class RunCheckpoints(L.Callback):
     SIGUSR2 into a stop at the next such point. A second Ctrl-C stops at once; the last checkpoint then stands.
     After a stop on SIGUSR2, the handler that was there before (submitit's, on SLURM) requeues the job."""
 
-    def __init__(self, dirpath: str, settings: dict[str, Any]) -> None:
+    def __init__(self, dirpath: str, settings: dict[str, Any], run_id: str | None = None) -> None:
         self.dirpath = Path(dirpath)
         self.settings = settings
+        self.run_id = run_id  # the run folder's (run.json): a checkpoint copied into another folder is known
         self.best_val_loss = float("inf")
         self.best_step = -1
         self.stop_signal: int | None = None
@@ -128,7 +129,7 @@ class RunCheckpoints(L.Callback):
                     self.best_val_loss = float(score)
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
-        checkpoint[RESUME_KEY] = {"eval_pending": self._eval_pending, "settings": self.settings}
+        checkpoint[RESUME_KEY] = {"eval_pending": self._eval_pending, "settings": self.settings, "run_id": self.run_id}
         checkpoint[RNG_KEY] = rng_states()
 
     def _save(self, trainer: L.Trainer, pl_module: L.LightningModule, path: Path, eval_pending: bool) -> None:
@@ -232,13 +233,17 @@ class StartPoint:
         return self.step if self.eval_pending else self.step + 1
 
 
-def start_point(output_dir: Path, resume: bool | str, settings: dict[str, Any], requeued: bool = False) -> StartPoint:
+def start_point(
+    output_dir: Path, resume: bool | str, settings: dict[str, Any], requeued: bool = False, run_id: str | None = None
+) -> StartPoint:
     """Where a run starts, from the one `resume` setting: with true, the run folder's own last checkpoint if it
     has one; with a path, that checkpoint (a .ckpt file, or a run folder's last); else from scratch. A job the
     cluster requeued (requeued) continues its own last checkpoint whatever it was started with. Refuses a
-    checkpoint that cannot continue with settings."""
+    checkpoint that cannot continue with settings, and one in the folder that another run wrote (run_id: the
+    folder's run, as its run.json says)."""
     own = last_checkpoint(output_dir)
-    if (resume is True or requeued) and own.is_file():
+    continues_own = (resume is True or requeued) and own.is_file()
+    if continues_own:
         path = own
     elif isinstance(resume, str):
         path = resolve_checkpoint(resume, LAST_CHECKPOINT)
@@ -246,6 +251,12 @@ def start_point(output_dir: Path, resume: bool | str, settings: dict[str, Any], 
         return StartPoint()
     checkpoint = read_checkpoint(path)
     saved = checkpoint.get(RESUME_KEY, {})
+    written_by = saved.get("run_id")
+    if continues_own and None not in (written_by, run_id) and written_by != run_id:
+        raise ShakeGPTError(
+            f"{path} was written by another run (run {written_by}) than the one this folder holds (run {run_id}, "
+            f"run.json): copied here? To continue from it in this folder, say so: resume={path}"
+        )
     check_same_settings(path, saved.get("settings"), settings)
     return StartPoint(path, int(checkpoint.get("global_step", 0)), bool(saved.get("eval_pending", False)))
 

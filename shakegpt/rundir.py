@@ -23,6 +23,7 @@ import math
 import os
 import socket
 import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -177,6 +178,11 @@ def write_metrics(path: Path, rows: list[EvalRow]) -> None:
     for row in rows:
         writer.writerow([row.step, f"{row.train_loss:.6f}", f"{row.val_loss:.6f}", f"{row.elapsed_s:.2f}"])
     write_atomically(path, out.getvalue().encode())
+
+
+def new_run_id() -> str:
+    """A run's identity, kept in its run.json and its checkpoints for as long as the run goes on."""
+    return uuid.uuid4().hex[:12]
 
 
 def drop_records_from(folder: Path, step: int) -> None:

@@ -22,7 +22,7 @@ from shakegpt.hardware import check_accelerator
 from shakegpt.launch import restarted_by_slurm, save_run_config, wait_for_ranks
 from shakegpt.module import GPTModule
 from shakegpt.resume import AtomicCheckpointIO, StartPoint, run_settings, start_point
-from shakegpt.rundir import RUN_RECORD, drop_records_from, read_record
+from shakegpt.rundir import RUN_RECORD, drop_records_from, new_run_id, read_record
 
 log = logging.getLogger(__name__)
 
@@ -96,11 +96,15 @@ def check_settings(cfg: DictConfig) -> None:
 
 
 def build(
-    cfg: DictConfig, start: StartPoint | None = None, settings: dict[str, object] | None = None, **trainer_kwargs
+    cfg: DictConfig,
+    start: StartPoint | None = None,
+    settings: dict[str, object] | None = None,
+    run_id: str | None = None,
+    **trainer_kwargs,
 ) -> tuple[L.Trainer, GPTModule, L.LightningDataModule]:
     """Everything a run needs, from its config: the trainer, the model and the data. A run continuing from a
     checkpoint (start) evaluates first only if the checkpoint was taken before an evaluation, and hides the
-    TensorBoard events the interrupted run wrote past it."""
+    TensorBoard events the interrupted run wrote past it. run_id: the run's identity (a new one if None)."""
     start = start or StartPoint()
     check_settings(cfg)
     check_accelerator(cfg.hardware.accelerator)
@@ -118,11 +122,13 @@ def build(
     if cfg.hardware.compile:
         module.model.compile()  # in place, so checkpoint keys stay free of `_orig_mod.`
 
-    # The checkpoints carry the settings that decide the run's numbers, for a resume to compare.
+    # The checkpoints carry the settings that decide the run's numbers and the run's identity, for a resume to
+    # compare; run.json carries the identity too.
     settings = settings if settings is not None else run_settings(OmegaConf.to_container(cfg, resolve=True))
+    run_id = run_id or new_run_id()
+    given = {"run_checkpoints": {"settings": settings, "run_id": run_id}, "run_record": {"run_id": run_id}}
     callbacks = [
-        instantiate(callback, _convert_="all", **({"settings": settings} if name == "run_checkpoints" else {}))
-        for name, callback in cfg.callbacks.items()
+        instantiate(callback, _convert_="all", **given.get(name, {})) for name, callback in cfg.callbacks.items()
     ]
     callbacks += trainer_kwargs.pop("callbacks", [])
     logger = instantiate(cfg.logger, **({"purge_step": start.first_unrecorded_step} if start.checkpoint else {}))
@@ -152,11 +158,12 @@ def train(cfg: DictConfig) -> float:
         log.info("%s finished already; skipped (resume=true)", output_dir)
         return float(record.get("best_val_loss") or float("nan"))
     settings = run_settings(OmegaConf.to_container(cfg, resolve=True))
-    start = start_point(output_dir, cfg.resume, settings, requeued)
+    run_id = record.get("run_id") or new_run_id()
+    start = start_point(output_dir, cfg.resume, settings, requeued, run_id)
     if rank_zero_only.rank == 0:
         save_run_config(cfg, output_dir)
         drop_records_from(output_dir, start.first_unrecorded_step)
-    trainer, module, datamodule = build(cfg, start, settings)
+    trainer, module, datamodule = build(cfg, start, settings, run_id)
     if start.checkpoint is not None:
         check_resumable(start.checkpoint, module.hparams.model_config, module.hparams.vocab)
     print(f"{module.model.num_parameters() / 1e6:.6f} M parameters", flush=True)

@@ -248,18 +248,34 @@ def test_a_second_writer_is_refused_and_changes_nothing(tmp_path):
     resume(folder)
 
 
-def test_a_resume_with_other_settings_is_refused_and_records_nothing(tmp_path):
-    folder = tmp_path / "run"
-    assert run_module("shakegpt.train", *TINY, f"hydra.run.dir={folder}", cwd=tmp_path).returncode == 0
-    before = (folder / ".hydra" / "config.yaml").read_text()
+def test_a_resume_with_other_settings_or_another_runs_checkpoint_is_refused_and_records_nothing(tmp_path):
+    folder, other = tmp_path / "run", tmp_path / "other"
+    for where in (folder, other):
+        assert run_module("shakegpt.train", *TINY, f"hydra.run.dir={where}", cwd=tmp_path).returncode == 0
+    before = (folder / ".hydra" / "config.yaml").read_text(), (folder / "run.json").read_text()
     proc = run_module(
         "shakegpt.train", *TINY, "optimizer.lr=1e3", "trainer.max_steps=30", f"hydra.run.dir={folder}",
         "resume=true", cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode == 1
     assert "optimizer.lr=1000.0 (was 0.0003)" in proc.stderr and "Traceback" not in proc.stderr
-    assert (folder / ".hydra" / "config.yaml").read_text() == before
-    assert json.loads((folder / "run.json").read_text())["status"] == "finished"
+    assert ((folder / ".hydra" / "config.yaml").read_text(), (folder / "run.json").read_text()) == before
+
+    # The other run's last checkpoint, same settings, copied into this folder: said, not resumed.
+    last = folder / "checkpoints" / "last.ckpt"
+    last.write_bytes((other / "checkpoints" / "last.ckpt").read_bytes())
+    copied = run_module(
+        "shakegpt.train", f"hydra.run.dir={folder}", "resume=true", "trainer.max_steps=30", cwd=tmp_path
+    )
+    assert copied.returncode == 1 and "Traceback" not in copied.stderr
+    assert f"{last} was written by another run (run " in copied.stderr
+    assert f"To continue from it in this folder, say so: resume={last}" in copied.stderr
+    assert ((folder / ".hydra" / "config.yaml").read_text(), (folder / "run.json").read_text()) == before
+    meant = run_module(
+        "shakegpt.train", f"hydra.run.dir={folder}", f"resume={last}", "trainer.max_steps=30", cwd=tmp_path
+    )
+    assert meant.returncode == 0, meant.stderr[-3000:]
+    assert json.loads((folder / "run.json").read_text())["run_id"] == json.loads(before[1])["run_id"]
 
 
 def test_a_run_folder_alone_continues_a_run_started_with_a_preset_and_refuses_other_numbers(tmp_path):
