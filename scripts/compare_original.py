@@ -21,6 +21,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from shakegpt.rundir import RunStatus  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
 Curve = dict[int, tuple[float, float]]  # step -> (train loss, val loss)
 
@@ -69,7 +71,7 @@ def plot(row: str, original: Curve, ours: Curve, path: Path) -> None:
 def compare(label: str, folder: Path, original: Curve, lines: list[str]) -> str:
     """Appends the table rows of one reproduced run to lines, draws its plot; returns its summary row."""
     ours, summary = read_ours(folder)
-    max_steps = int(float(summary["steps"] or 0)) if summary["status"] == "finished" else -1
+    max_steps = int(float(summary["steps"] or 0)) if summary["status"] == RunStatus.FINISHED else -1
     for step in sorted(original):
         here = matched_step(step, original, ours, max_steps)
         if here is None:

@@ -19,6 +19,7 @@ from shakegpt.module import GPTModule
 from shakegpt.resume import RunCheckpoints
 from shakegpt.rundir import (
     EvalRow,
+    RunStatus,
     bits_per_char,
     losses_text,
     read_metrics,
@@ -258,7 +259,7 @@ class RunRecord(L.Callback):
             run_id=self.run_id,
             label=self.label,
             overrides=self.overrides,
-            status="running",
+            status=RunStatus.RUNNING,
             error=None,  # a resumed run's earlier interruption is over
             started=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             n_layer=config.n_layer,
@@ -317,9 +318,9 @@ class RunRecord(L.Callback):
     @rank_zero_only
     def on_fit_end(self, trainer: L.Trainer, pl_module: GPTModule) -> None:
         stopper = early_stopper(trainer)
-        status = "finished" if self.diverged_at is None else "diverged"
-        if stopper is not None and status == "finished":
-            status = "stopped early"
+        status = RunStatus.FINISHED if self.diverged_at is None else RunStatus.DIVERGED
+        if stopper is not None and status is RunStatus.FINISHED:
+            status = RunStatus.STOPPED_EARLY
         write_record(
             self.path,
             status=status,

@@ -3,7 +3,8 @@ of `python -m shakegpt.train` would see it."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
@@ -13,10 +14,12 @@ from shakegpt.config_dir import config_dir
 from shakegpt.launch import HYDRA_VERSION_BASE  # (which registers the resolvers conf/ uses: job_name, pid, ...)
 
 
-def job_config(overrides: Sequence[str], config_name: str = "train") -> DictConfig:
-    """The config a single run with these overrides gets, every interpolation resolved (`${hydra:...}` ones too,
-    which need Hydra's own config set while they resolve), without the `hydra` node. A run's folder must be
-    given (`paths.output_dir=...`) where the config writes one: outside an app Hydra creates none."""
+@contextmanager
+def as_a_job(overrides: Sequence[str], config_name: str = "train") -> Iterator[DictConfig]:
+    """The config a single run with these overrides gets, every interpolation resolved, without the `hydra`
+    node; Hydra's own config is set while the block runs, as in a job (the `${hydra:...}` interpolations and
+    the run folder's .hydra/ read it). A run's folder must be given (`paths.output_dir=...`) where the config
+    writes one: outside an app Hydra creates none."""
     with initialize_config_dir(config_dir=config_dir(config_name), version_base=HYDRA_VERSION_BASE):
         cfg = compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
     hydra_config = HydraConfig.instance()
@@ -24,8 +27,14 @@ def job_config(overrides: Sequence[str], config_name: str = "train") -> DictConf
     hydra_config.set_config(cfg)
     try:
         with open_dict(cfg):
-            del cfg["hydra"]  # kept in HydraConfig for the `${hydra:...}` interpolations
+            del cfg["hydra"]  # kept in HydraConfig
         OmegaConf.resolve(cfg)
+        yield cfg
     finally:
         hydra_config.cfg = previous
-    return cfg
+
+
+def job_config(overrides: Sequence[str], config_name: str = "train") -> DictConfig:
+    """The config of as_a_job, for code that needs no more of Hydra once it is composed."""
+    with as_a_job(overrides, config_name) as cfg:
+        return cfg

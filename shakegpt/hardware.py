@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
 from shakegpt.errors import ShakeGPTError
 from shakegpt.rundir import write_atomically
@@ -64,19 +63,6 @@ def measured_cpu_precision(rounds: int = 7) -> str:
         for dtype in speed:
             speed[dtype] = max(speed[dtype], matmul_gflops(dtype, repeats=1))
     return "bf16-mixed" if speed[torch.bfloat16] >= BF16_SPEEDUP_NEEDED * speed[torch.float32] else "32-true"
-
-
-# conf/shared/hardware/cpu.yaml's precision, for every entry point that composes it.
-OmegaConf.register_new_resolver("cpu_precision", cpu_precision, replace=True)
-
-
-def gpus_to_request(accelerator: str, devices: int) -> int | None:
-    """The GPUs a job asks a cluster for (conf/train/hydra/launcher/slurm.yaml): hardware.devices on CUDA, none
-    otherwise (a request for GPUs on a CPU partition is refused by SLURM)."""
-    return devices if accelerator == "cuda" else None
-
-
-OmegaConf.register_new_resolver("gpus_to_request", gpus_to_request, replace=True)
 
 
 def matmul_gflops(dtype: torch.dtype, size: int = 512, repeats: int = 5, device: str | torch.device = "cpu") -> float:

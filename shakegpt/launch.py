@@ -1,8 +1,10 @@
 """The plumbing between Hydra, Lightning's DDP launcher and a training job, kept out of the pipeline in
 shakegpt.train. Each piece is here because one of those tools, left alone, does the wrong thing for us:
 
-- the `pid`, `conf_dir`, `job_name` and `launcher_nodes` resolvers that conf/ uses (run and sweep job folder names,
-  trainer.num_nodes), and `SweptKeys`, which records what a sweep varies for `job_name`;
+- every resolver conf/ uses, registered here, which every entry point imports first: `pid`, `conf_dir`,
+  `job_name`, `launcher_nodes`, `gpus_to_request`, `cpu_precision` (run and sweep job folder names, the shared
+  groups, trainer.num_nodes, a SLURM job's GPUs, hardware=cpu's precision), and `SweptKeys`, which records what a
+  sweep varies for `job_name`;
 - `entry_point`: Python turns a Ctrl-C into a traceback, and SIGTERM ends it without a word; Hydra's grammar
   reads the '=' and ',' of sweep job folder names in `resume=` and `ckpt_path=`; `resume=true` on a run or
   sweep folder takes the overrides it started with (`with_saved_overrides`); Hydra's `--help` takes seconds;
@@ -124,6 +126,26 @@ def launcher_nodes() -> int:
 
 
 OmegaConf.register_new_resolver("launcher_nodes", launcher_nodes, replace=True)
+
+
+def gpus_to_request(accelerator: str, devices: int) -> int | None:
+    """The GPUs a job asks a cluster for (conf/train/hydra/launcher/slurm.yaml): hardware.devices on CUDA, none
+    otherwise (a request for GPUs on a CPU partition is refused by SLURM)."""
+    return devices if accelerator == "cuda" else None
+
+
+OmegaConf.register_new_resolver("gpus_to_request", gpus_to_request, replace=True)
+
+
+def cpu_precision() -> str:
+    """conf/shared/hardware/cpu.yaml's precision (shakegpt.hardware.cpu_precision), which needs torch: loaded
+    only when a config that asks for it is resolved."""
+    from shakegpt import hardware
+
+    return hardware.cpu_precision()
+
+
+OmegaConf.register_new_resolver("cpu_precision", cpu_precision, replace=True)
 
 # Said on every run, about nothing in it; each with why it does not apply here.
 KNOWN_NOISE = (

@@ -32,6 +32,7 @@ from shakegpt.rundir import (
     METRICS,
     RUN_RECORD,
     SAMPLES,
+    RunStatus,
     bits_per_char,
     read_metrics,
     read_record,
@@ -265,11 +266,11 @@ def markdown(runs: list[Run], rows: list[dict[str, Any]], shared: list[str], gro
     lines += ["", "![loss curves](loss_curves.png)", "", "![best val loss against parameters](scaling.png)", ""]
     for run in runs:
         lines += [f"## `{run.label}`", ""]
-        if run.status == "interrupted":  # no failure: resume=true continues it exactly
+        if run.status == RunStatus.INTERRUPTED:  # no failure: resume=true continues it exactly
             lines += [f"Interrupted at step {run.record.get('steps')}; `resume=true` continues it.", ""]
         elif run.record.get("error"):
             lines += [f"Failed: `{run.record['error']}`", ""]
-        if run.status == "stopped early":
+        if run.status == RunStatus.STOPPED_EARLY:
             lines += [f"Stopped early at step {run.record.get('steps')}: {run.record.get('stop_reason')}.", ""]
         if run.evals:
             best_step = run.best[0]
@@ -404,7 +405,7 @@ class SweepReport(Callback):
         except (ShakeGPTError, OSError, ValueError) as err:  # a report must never fail the sweep itself
             log.warning("No sweep report: %s", err)
             return
-        failed = [run.label for run in runs if run.status not in ("finished", "stopped early")]
+        failed = [run.label for run in runs if run.status not in (RunStatus.FINISHED, RunStatus.STOPPED_EARLY)]
         if failed:
             log.warning("%d job(s) did not finish: %s (see report.md)", len(failed), "; ".join(failed))
 

@@ -25,6 +25,7 @@ import socket
 import tempfile
 import uuid
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
 from shakegpt.errors import Interrupted
@@ -117,6 +118,23 @@ def read_record(path: Path) -> dict[str, object]:
         return {}
 
 
+class RunStatus(str, Enum):
+    """How a run stands, as its run.json says (a str, so the JSON holds the plain word)."""
+
+    RUNNING = "running"
+    FINISHED = "finished"  # trained to trainer.max_steps
+    STOPPED_EARLY = "stopped early"  # by early stopping
+    DIVERGED = "diverged"  # to its end, with a loss DIVERGED_FACTOR times its first evaluation's on the way
+    INTERRUPTED = "interrupted"  # by a signal, where resume=true continues it exactly
+    FAILED = "failed"  # the record's error says why
+
+    def ended(self, steps: int, max_steps: int) -> bool:
+        """Whether the run needs no more work to reach max_steps (stopped early: none will help)."""
+        return self is RunStatus.STOPPED_EARLY or (
+            self in (RunStatus.FINISHED, RunStatus.DIVERGED) and steps >= max_steps
+        )
+
+
 def write_record(path: Path, **updates: object) -> dict[str, object]:
     """Merge updates into the run record at path; written whole, so readers never see half a file."""
     record = read_record(path)
@@ -130,7 +148,7 @@ def record_failure(path: Path, error: BaseException, **updates: object) -> None:
     that it was interrupted (Ctrl-C, a signal), which is no failure: it resumes. Best effort: on a full disk
     the record stays as it was."""
     interrupted = isinstance(error, (KeyboardInterrupt, SystemExit, Interrupted))
-    status = "interrupted" if interrupted else "failed"
+    status = RunStatus.INTERRUPTED if interrupted else RunStatus.FAILED
     with contextlib.suppress(OSError):
         write_record(path, **updates, status=status, error=f"{type(error).__name__}: {error}")
 

@@ -22,7 +22,7 @@ from shakegpt.hardware import check_accelerator
 from shakegpt.launch import restarted_by_slurm, save_run_config, wait_for_ranks
 from shakegpt.module import GPTModule
 from shakegpt.resume import AtomicCheckpointIO, StartPoint, run_settings, start_point
-from shakegpt.rundir import RUN_RECORD, drop_records_from, new_run_id, read_record
+from shakegpt.rundir import RUN_RECORD, RunStatus, drop_records_from, new_run_id, read_record
 
 log = logging.getLogger(__name__)
 
@@ -151,10 +151,8 @@ def train(cfg: DictConfig) -> float:
     check_settings(cfg)
     requeued = restarted_by_slurm()
     record = read_record(output_dir / RUN_RECORD)
-    done = record.get("status") == "stopped early" or (
-        record.get("status") in ("finished", "diverged") and record.get("steps", 0) >= cfg.trainer.max_steps
-    )
-    if (cfg.resume is True or requeued) and done:
+    status = RunStatus(record.get("status", RunStatus.RUNNING))
+    if (cfg.resume is True or requeued) and status.ended(record.get("steps", 0), cfg.trainer.max_steps):
         log.info("%s finished already; skipped (resume=true)", output_dir)
         return float(record.get("best_val_loss") or float("nan"))
     settings = run_settings(OmegaConf.to_container(cfg, resolve=True))

@@ -7,7 +7,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from shakegpt import hardware, launch  # noqa: F401  (they register the resolvers conf/ uses)
+from shakegpt import hardware, launch  # noqa: F401  (launch registers the resolvers conf/ uses)
 from shakegpt.errors import ShakeGPTError
 from shakegpt.hardware import check_accelerator, cpu_precision
 from shakegpt.model import GPT, GPTConfig

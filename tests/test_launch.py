@@ -92,20 +92,30 @@ for name in sys.argv[1:]:
 """
 
 
-def test_help_is_hydras_own_text_without_torch_or_lightning():
+# What a command loads before it answers --help or a TAB; then a config that needs every resolver conf/ uses,
+# which Hydra resolves before any job runs (a SLURM launcher's GPUs), with nothing more loaded.
+LIGHT = """
+import sys
+import shakegpt.train, shakegpt.generate, shakegpt.evaluate, shakegpt.report
+print(*(name for name in ("torch", "lightning", "matplotlib") if name in sys.modules), sep=",")
+from hydra import compose, initialize_config_dir
+from shakegpt.config_dir import config_dir
+from shakegpt.launch import HYDRA_VERSION_BASE
+with initialize_config_dir(config_dir=config_dir("train"), version_base=HYDRA_VERSION_BASE):
+    cfg = compose("train", ["hydra/launcher=slurm", "hardware=cuda", "hardware.devices=2"], return_hydra_config=True)
+print(cfg.hydra.launcher.gpus_per_node, cfg.trainer.num_nodes)
+"""
+
+
+def test_help_is_hydras_own_text_and_the_commands_start_without_torch_or_lightning():
     hydras = subprocess.run(
         [sys.executable, "-c", HYDRAS_HELP, *COMMANDS], capture_output=True, text=True, check=True
     ).stdout.split("\f\n")
     for name, expected in zip(COMMANDS, hydras, strict=False):
         assert help_text(name, ["seed=7"]) + "\n" == expected, name
     assert "\nseed: 7\n" in hydras[0]  # the composed config, which training's help shows
-    # What a command imports before it answers --help or a TAB.
-    loaded = subprocess.run(
-        [sys.executable, "-c", "import sys, shakegpt.train, shakegpt.generate, shakegpt.evaluate, shakegpt.report; "
-         "print(*(name for name in ('torch', 'lightning', 'matplotlib') if name in sys.modules))"],
-        capture_output=True, text=True, check=True,
-    ).stdout.split()  # fmt: skip
-    assert loaded == []
+    loaded = subprocess.run([sys.executable, "-c", LIGHT], capture_output=True, text=True, check=True).stdout
+    assert loaded.splitlines() == ["", "2 1"]
 
 
 def completions(command: str, line: str) -> list[str]:

@@ -10,14 +10,14 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 
-import shakegpt.hardware  # noqa: F401  (the resolvers conf/ uses)
-import shakegpt.launch  # noqa: F401
+import shakegpt.launch  # noqa: F401  (the resolvers conf/ uses)
 from shakegpt.rundir import METRICS, read_metrics
 
 from .conftest import ROOT, TINY, run_module
@@ -55,8 +55,16 @@ def jobcomp_log() -> Path:
     return Path(location.group(1))
 
 
-def finished_jobs(jobcomp_log: Path) -> list[dict[str, str]]:
-    return [dict(re.findall(r"(\w+)=(\S*)", line)) for line in jobcomp_log.read_text().splitlines()]
+def finished_jobs(jobcomp_log: Path, wanted: Callable[[dict[str, str]], bool], count: int = 1) -> list[dict[str, str]]:
+    """The job completion log's entries that `wanted` picks, once there are `count` of them (or after 30 s):
+    slurmctld writes a job's entry a moment after the job's last output, which a test may see first."""
+    deadline = time.monotonic() + 30
+    while True:
+        entries = [dict(re.findall(r"(\w+)=(\S*)", line)) for line in jobcomp_log.read_text().splitlines()]
+        picked = [entry for entry in entries if wanted(entry)]
+        if len(picked) >= count or time.monotonic() > deadline:
+            return picked
+        time.sleep(0.5)
 
 
 def job_ids(sweep: Path) -> list[str]:
@@ -84,9 +92,9 @@ def test_a_sweep_runs_as_slurm_jobs(tmp_path, jobcomp_log):
     assert job_ids(sweep) == [f"{array}_0", f"{array}_1"]
     for task in job_ids(sweep):
         assert (sweep / ".submitit" / task / f"{task}_0_result.pkl").is_file()
-    completed = [
-        job for job in finished_jobs(jobcomp_log) if job.get("ArrayJobId") == array and job["JobState"] == "COMPLETED"
-    ]
+    completed = finished_jobs(
+        jobcomp_log, lambda job: job.get("ArrayJobId") == array and job["JobState"] == "COMPLETED", count=2
+    )
     assert sorted(job["ArrayTaskId"] for job in completed) == ["0", "1"]
 
     records = job_records(sweep)
@@ -127,7 +135,7 @@ def test_ddp_runs_as_two_slurm_tasks_of_one_job(tmp_path, jobcomp_log):
     # srun started both ranks, each a task of the job, and Lightning took them from SLURM's variables.
     assert "GLOBAL_RANK: 0, MEMBER: 1/2" in (logs / f"{job}_0_log.err").read_text()
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in (logs / f"{job}_1_log.err").read_text()
-    [recorded] = [entry for entry in finished_jobs(jobcomp_log) if entry["JobId"] == job]
+    [recorded] = finished_jobs(jobcomp_log, lambda entry: entry["JobId"] == job)
     assert recorded["JobState"] == "COMPLETED" and recorded["ProcCnt"] == "2"
 
     [(name, record)] = job_records(on_slurm).items()
@@ -173,8 +181,8 @@ def test_a_preempted_job_is_requeued_and_finishes_with_the_uninterrupted_losses(
     stopped = re.search(r"interrupted by SIGUSR2 at step (\d+)", (logs / f"{job}_0_log.err").read_text())
     assert stopped and 50 <= int(stopped.group(1)) < 300
     assert re.search(rf"Requeued job {job}", (logs / f"{job}_0_log.out").read_text())
-    restarts = [entry for entry in finished_jobs(jobcomp_log) if entry["JobId"] == job]
-    assert restarts[-1]["JobState"] == "COMPLETED"
+    completed = finished_jobs(jobcomp_log, lambda entry: entry["JobId"] == job and entry["JobState"] == "COMPLETED")
+    assert len(completed) == 1
 
     [(name, record)] = job_records(sweep).items()
     assert record["status"] == "finished" and record["steps"] == 300
