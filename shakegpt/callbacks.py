@@ -194,7 +194,7 @@ class TextSamples(L.Callback):
 
     def _write(self, trainer: L.Trainer, module: GPTModule, name: str, tag: str, tokens: int) -> None:
         step = trainer.global_step
-        text = module.sample(self.prompt, tokens, self.temperature, self.top_k, seed=self.seed + step)
+        text = module.sample(self.prompt, tokens, temperature=self.temperature, top_k=self.top_k, seed=self.seed + step)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / f"{name}.txt").write_text(text, encoding="utf-8")
         for logger in trainer.loggers:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn as nn
@@ -166,17 +166,9 @@ class GPT(nn.Module):
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1))
         return logits, loss
 
-    def generate(
-        self,
-        idx: torch.Tensor,
-        max_new_tokens: int,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        kv_cache: KVCacheMode = "exact",
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        """idx (batch, time) with max_new_tokens sampled tokens appended (see stream)."""
-        return torch.cat([idx, *self.stream(idx, max_new_tokens, temperature, top_k, kv_cache, generator)], dim=1)
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, **options: Any) -> torch.Tensor:
+        """idx (batch, time) with max_new_tokens sampled tokens appended; options as stream's."""
+        return torch.cat([idx, *self.stream(idx, max_new_tokens, **options)], dim=1)
 
     @torch.inference_mode()
     def stream(

@@ -87,17 +87,10 @@ class GPTModule(L.LightningModule):
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    def sample(
-        self,
-        prompt: str | None,
-        max_new_tokens: int,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        seed: int = 1337,
-        kv_cache: KVCacheMode = "exact",
-    ) -> str:
-        """prompt (None: the tokenizer's default) followed by max_new_tokens sampled characters (see stream)."""
-        return "".join(self.stream(prompt, max_new_tokens, temperature, top_k, seed, kv_cache))
+    def sample(self, prompt: str | None, max_new_tokens: int, **options: Any) -> str:
+        """prompt (None: the tokenizer's default) followed by max_new_tokens sampled characters; options as
+        stream's."""
+        return "".join(self.stream(prompt, max_new_tokens, **options))
 
     def stream(
         self,

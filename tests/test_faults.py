@@ -72,6 +72,14 @@ class Run:
         return code
 
 
+def kill_at(folder: Path, moment: str) -> None:
+    """A run killed with SIGKILL once its output shows moment: no chance to say anything."""
+    run = Run(folder)
+    run.wait_for(moment)
+    run.process.kill()
+    run.finish()
+
+
 def resume(folder: Path, *overrides: str) -> Run:
     run = Run(folder, "resume=true", *overrides)
     assert run.finish() == 0, run.output[-3000:]
@@ -184,10 +192,7 @@ def test_a_signal_during_the_final_sample_ends_the_run_and_a_resume_finishes_it(
 
 def test_a_kill_after_an_evaluation_resumes_without_repeating_rows(tmp_path, uninterrupted):
     folder = tmp_path / "run"
-    run = Run(folder)
-    run.wait_for(r"step 20: train loss")
-    run.process.kill()
-    run.finish()
+    kill_at(folder, r"step 20: train loss")
     assert json.loads((folder / "run.json").read_text())["status"] == "running"  # it had no chance to say
 
     resumed = resume(folder)
@@ -199,10 +204,7 @@ def test_a_kill_after_an_evaluation_resumes_without_repeating_rows(tmp_path, uni
 
 def test_a_kill_before_the_first_checkpoint_starts_again_and_leaves_no_step_twice(tmp_path, uninterrupted):
     folder = tmp_path / "run"
-    run = Run(folder)
-    run.wait_for(r"step 0: train loss")
-    run.process.kill()
-    run.finish()
+    kill_at(folder, r"step 0: train loss")
     assert not (folder / "checkpoints" / "last.ckpt").exists()
 
     resume(folder)
