@@ -15,12 +15,19 @@ from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
+from shakegpt.compat import patience_spent, tensorboard_file_writer
+from shakegpt.divergence import ADVICE, blown_up
 from shakegpt.module import GPTModule
-from shakegpt.resume import RunCheckpoints
+from shakegpt.resume import RunCheckpoints, evaluating_before_training
 from shakegpt.rundir import (
+    FINAL_SAMPLE,
+    METRICS,
+    RUN_RECORD,
+    SAMPLES,
     EvalRow,
     RunStatus,
     bits_per_char,
+    eval_sample,
     losses_text,
     read_metrics,
     record_failure,
@@ -33,9 +40,6 @@ BEST_VAL_METRIC = "hp/best_val_loss"
 log = logging.getLogger(__name__)
 # The eval lines, for the run folder's train.log only (conf/train/hydra/default.yaml): the console has them already.
 eval_log = logging.getLogger("shakegpt.evals")
-
-# A loss this many times the first evaluation's has blown up, even if it is finite.
-DIVERGED_FACTOR = 1.5
 
 
 def best_val_loss(trainer: L.Trainer) -> float | None:
@@ -58,7 +62,7 @@ def log_hparams(logger: Logger | None, hparams: dict[str, object]) -> None:
         return
     logger.log_hyperparams(hparams)  # hparams.yaml only: without metrics it writes no summary (default_hp_metric)
     _, session_start, session_end = hparams_summaries(hparams, {BEST_VAL_METRIC: float("nan")})
-    writer = logger.experiment._get_file_writer()  # where Lightning writes its own; SummaryWriter has no public one
+    writer = tensorboard_file_writer(logger.experiment)  # where Lightning writes its own scalars
     writer.add_summary(session_start)
     writer.add_summary(session_end)
 
@@ -66,7 +70,7 @@ def log_hparams(logger: Logger | None, hparams: dict[str, object]) -> None:
 def early_stopper(trainer: L.Trainer) -> EarlyStopping | None:
     """The early-stopping callback if it ended this run before trainer.max_steps."""
     for callback in trainer.callbacks:
-        if isinstance(callback, EarlyStopping) and callback.wait_count >= callback.patience:
+        if isinstance(callback, EarlyStopping) and patience_spent(callback):
             return callback if trainer.global_step < trainer.max_steps else None
     return None
 
@@ -76,11 +80,11 @@ class EvalReport(L.Callback):
     and in bits per character) and the best val loss so far to the loggers, and appends them to a CSV file that
     reports read back. Also logs the training batch loss and the learning rate every log_every_n_steps steps.
 
-    Every evaluation Lightning runs is reported: its pre-training one ('sanity check') runs only when an
-    evaluation is due (step 0, or the step a resumed run's checkpoint was taken before)."""
+    Every evaluation is reported, the one a run does before it trains included (step 0's, or the one a resumed
+    run's checkpoint was taken before: shakegpt.resume.evaluate_first)."""
 
-    def __init__(self, metrics_path: str) -> None:
-        self.metrics_path = Path(metrics_path)
+    def __init__(self, run_dir: str) -> None:
+        self.metrics_path = Path(run_dir) / METRICS
         self._rows: list[EvalRow] = []
         self._batch_loss: tuple[int, float] | None = None  # the latest logged: (step, loss)
         self._lr: float | None = None  # and the learning rate of that step's update
@@ -93,11 +97,12 @@ class EvalReport(L.Callback):
         self._batch_loss, self._lr = state_dict.get("batch_loss"), state_dict.get("lr")
 
     @rank_zero_only
-    def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # A run resumed before its step's evaluation has TensorBoard hide everything the interrupted run logged
         # from that step on (the evaluation may have been logged in part); the batch loss of that step was
         # logged whole, and the checkpoint carries it, so it is logged again.
-        if self._batch_loss is not None and self._batch_loss[0] == trainer.global_step > 0:
+        resumed = evaluating_before_training(trainer) and trainer.global_step > 0
+        if resumed and self._batch_loss is not None and self._batch_loss[0] == trainer.global_step:
             self._log_batch_loss(trainer, *self._batch_loss, self._lr)
 
     def _log_batch_loss(self, trainer: L.Trainer, step: int, loss: float, lr: float | None) -> None:
@@ -106,7 +111,7 @@ class EvalReport(L.Callback):
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
 
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         # A resumed run goes on with the rows its checkpoint covers (the entry point dropped any later ones),
         # and its clock goes on from theirs.
         self._rows = read_metrics(self.metrics_path)
@@ -180,7 +185,7 @@ class TextSamples(L.Callback):
 
     def __init__(
         self,
-        out_dir: str,
+        run_dir: str,
         prompt: str | None = None,
         eval_tokens: int = 200,
         final_tokens: int = 500,
@@ -188,15 +193,15 @@ class TextSamples(L.Callback):
         top_k: int | None = None,
         seed: int = 1337,
     ) -> None:
-        self.out_dir = Path(out_dir)
+        self.out_dir = Path(run_dir) / SAMPLES
         self.prompt, self.eval_tokens, self.final_tokens = prompt, eval_tokens, final_tokens
         self.temperature, self.top_k, self.seed = temperature, top_k, seed
 
-    def _write(self, trainer: L.Trainer, module: GPTModule, name: str, tag: str, tokens: int) -> None:
+    def _write(self, trainer: L.Trainer, module: GPTModule, file_name: str, tag: str, tokens: int) -> None:
         step = trainer.global_step
         text = module.sample(self.prompt, tokens, temperature=self.temperature, top_k=self.top_k, seed=self.seed + step)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        (self.out_dir / f"{name}.txt").write_text(text, encoding="utf-8")
+        (self.out_dir / file_name).write_text(text, encoding="utf-8")
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 # Markdown would reflow the verse; a code block keeps its lines.
@@ -205,26 +210,26 @@ class TextSamples(L.Callback):
     @rank_zero_only
     def on_validation_end(self, trainer: L.Trainer, pl_module: GPTModule) -> None:
         if self.eval_tokens > 0:
-            self._write(trainer, pl_module, f"step_{trainer.global_step:06d}", "samples/eval", self.eval_tokens)
+            self._write(trainer, pl_module, eval_sample(trainer.global_step), "samples/eval", self.eval_tokens)
 
     @rank_zero_only
     def on_fit_end(self, trainer: L.Trainer, pl_module: GPTModule) -> None:
         # On fit end, not train end: a run resumed after its last step trains no more but still ends here.
         if self.final_tokens > 0:
             # Minutes for a large model on a CPU: say what the run is doing after its last evaluation.
-            log.info("sampling %d characters into %s", self.final_tokens, self.out_dir / "final.txt")
-            self._write(trainer, pl_module, "final", "samples/final", self.final_tokens)
+            log.info("sampling %d characters into %s", self.final_tokens, self.out_dir / FINAL_SAMPLE)
+            self._write(trainer, pl_module, FINAL_SAMPLE, "samples/final", self.final_tokens)
 
 
 class RunRecord(L.Callback):
     """Keeps run.json in the run folder current: what ran, on what, how fast, and how it ended.
 
     Reports read it, together with metrics.csv and the samples, to tabulate runs that are still going,
-    finished, diverged (a loss DIVERGED_FACTOR times the first evaluation's), interrupted, or failed.
+    finished, diverged (shakegpt.divergence.blown_up), interrupted, or failed.
     """
 
-    def __init__(self, path: str, label: str, overrides: str, run_id: str | None = None) -> None:
-        self.path = Path(path)
+    def __init__(self, run_dir: str, label: str, overrides: str, run_id: str | None = None) -> None:
+        self.path = Path(run_dir) / RUN_RECORD
         self.run_id = run_id  # kept while the run goes on; its checkpoints carry it too (RunCheckpoints)
         self.label = label  # what tells the run apart (in a sweep, what the sweep varies)
         self.overrides = overrides  # all of them, comma-separated: reports name those every run shares
@@ -237,7 +242,8 @@ class RunRecord(L.Callback):
         self._tokens = 0
         self._wall_before_s = 0.0
         self._batch_start = 0.0
-        self._fit_start = time.monotonic()
+        self._process_start = time.monotonic()
+        self._started = False
 
     def _progress(self, trainer: L.Trainer) -> dict[str, object]:
         return {
@@ -249,8 +255,11 @@ class RunRecord(L.Callback):
         }
 
     @rank_zero_only
-    def on_fit_start(self, trainer: L.Trainer, pl_module: GPTModule) -> None:
-        self._fit_start = time.monotonic()
+    def setup(self, trainer: L.Trainer, pl_module: GPTModule, stage: str) -> None:
+        # Once, before the evaluation a run may do before it trains (then validate and fit both set up).
+        if self._started:
+            return
+        self._started = True
         config = pl_module.model.config
         device = trainer.strategy.root_device
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
@@ -282,7 +291,7 @@ class RunRecord(L.Callback):
         self._tokens += batch[0].numel() * trainer.world_size
 
     def _wall_s(self) -> float:
-        return self._wall_before_s + time.monotonic() - self._fit_start
+        return self._wall_before_s + time.monotonic() - self._process_start
 
     def state_dict(self) -> dict[str, float | int | None]:
         return {
@@ -295,7 +304,10 @@ class RunRecord(L.Callback):
         }
 
     def load_state_dict(self, state_dict: dict[str, float | int | None]) -> None:
-        self.first_loss, self.diverged_at = state_dict["first_loss"], state_dict["diverged_at"]
+        # Loaded twice on a resume with an evaluation before training (shakegpt.resume.evaluate_first): what that
+        # evaluation found is newer than the checkpoint, and stays.
+        self.first_loss = self.first_loss if self.first_loss is not None else state_dict["first_loss"]
+        self.diverged_at = self.diverged_at if self.diverged_at is not None else state_dict["diverged_at"]
         self._train_s, self._steps = state_dict.get("train_s", 0.0), state_dict.get("steps_timed", 0)
         self._tokens, self._wall_before_s = state_dict.get("tokens", 0), state_dict.get("wall_s", 0.0)
 
@@ -303,14 +315,15 @@ class RunRecord(L.Callback):
         losses = pl_module.eval_losses
         if self.first_loss is None:
             self.first_loss = losses["val"]
-        elif self.diverged_at is None and max(losses.values()) > DIVERGED_FACTOR * self.first_loss:
+        elif self.diverged_at is None and blown_up(losses, self.first_loss):
             self.diverged_at = trainer.global_step
             if trainer.is_global_zero:
                 log.warning(
-                    "training diverged at step %d: loss %.4g against %.4f at the start; try a lower optimizer.lr",
+                    "training diverged at step %d: loss %.4g against %.4f at the start; %s",
                     trainer.global_step,
                     max(losses.values()),
                     self.first_loss,
+                    ADVICE,
                 )
         if trainer.is_global_zero:
             write_record(self.path, **self._progress(trainer))

@@ -9,16 +9,17 @@ from typing import Any
 
 import torch
 
+from shakegpt.divergence import all_finite
 from shakegpt.errors import ShakeGPTError
 from shakegpt.module import GPTModule
-from shakegpt.rundir import BEST_CHECKPOINT
+from shakegpt.rundir import BEST_CHECKPOINT, CHECKPOINTS
 
 
 def resolve_checkpoint(ckpt_path: str, default_name: str) -> Path:
     """A .ckpt file as given, or for a run folder its checkpoints/<default_name>."""
     path = Path(ckpt_path).expanduser()
     if path.is_dir():
-        path = path / "checkpoints" / default_name
+        path = path / CHECKPOINTS / default_name
     if not path.is_file():
         raise ShakeGPTError(f"no checkpoint at {path}: give a .ckpt file or a run folder holding checkpoints/")
     return path
@@ -62,9 +63,7 @@ def load_module(ckpt_path: str, device: str = "cpu") -> GPTModule:
         module.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as err:
         raise ShakeGPTError(f"{path} does not match the model its config describes: {err}") from None
-    if not all(
-        torch.isfinite(weights).all() for weights in module.state_dict().values() if weights.is_floating_point()
-    ):
+    if not all_finite(module.state_dict().values()):
         raise ShakeGPTError(
             f"{path} holds weights that are not finite numbers (NaN or infinite): the run diverged before it was "
             "written; use an earlier checkpoint, or train again with a lower optimizer.lr"

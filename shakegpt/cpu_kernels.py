@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from shakegpt.compat import softmax_backward
+
 # Scores per chunk of the attention: 8 MB in bf16, which stays in cache through the passes over it.
 CHUNK_SCORES = 2**22
 
@@ -78,7 +80,7 @@ class CausalAttentionWithDropout(torch.autograd.Function):
                 grad_v.append(signed.clamp(min=0.0).transpose(-2, -1) @ chunk_grad)
                 keep = torch.gt(signed, 0.0, out=torch.empty_like(signed))  # where a probability is 0, either will do
                 grad_probs = (chunk_grad @ scaled_v[rows].transpose(-2, -1)).mul_(keep)
-                grad_scores = torch._softmax_backward_data(grad_probs, signed.abs(), -1, signed.dtype)
+                grad_scores = softmax_backward(grad_probs, signed.abs(), -1, signed.dtype)
                 grad_q.append(grad_scores @ k[rows])
                 grad_k.append(grad_scores.transpose(-2, -1) @ scaled_q[rows])
         q_scale, v_scale = ctx.scales

@@ -40,12 +40,12 @@ from typing import TYPE_CHECKING, Any
 import hydra
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from shakegpt.compat import launched_ranks, parse_overrides
 from shakegpt.config_dir import config_dir
 from shakegpt.errors import Interrupted, ShakeGPTError, stop_on_signals
 from shakegpt.rundir import (
@@ -92,7 +92,7 @@ class SweptKeys(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: object) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        overrides = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+        overrides = parse_overrides(list(config.hydra.overrides.task))
         keys = {override.key_or_group for override in overrides if override.is_sweep_override()}
         keys |= set(config.hydra.sweeper.get("params") or {})
         keys |= read_swept_keys(sweep_dir)
@@ -110,7 +110,7 @@ def job_name() -> str:
         return all_overrides
     sweep_dir = Path(hydra_cfg.sweep.dir)
     swept = read_swept_keys(sweep_dir)
-    overrides = OverridesParser.create().parse_overrides(list(hydra_cfg.overrides.task))
+    overrides = parse_overrides(list(hydra_cfg.overrides.task))
     name = ",".join(sorted(o.input_line for o in overrides if o.key_or_group in swept))
     return name if name and not (sweep_dir / all_overrides).is_dir() else all_overrides
 
@@ -254,7 +254,7 @@ def launchable_job() -> Iterator[None]:
 def wait_for_ranks(trainer: L.Trainer) -> None:
     """Wait for the DDP ranks this process launched (Lightning keeps them in its launcher), so that none
     outlives its job."""
-    for rank_process in getattr(trainer.strategy.launcher, "procs", []):
+    for rank_process in launched_ranks(trainer):
         rank_process.wait()
 
 
@@ -339,7 +339,7 @@ def with_saved_overrides(argv: list[str]) -> list[str]:
     flags = [arg for arg in argv[1:] if arg.startswith("-")]
     given = [arg for arg in argv[1:] if not arg.startswith("-")]
     try:
-        parsed = OverridesParser.create().parse_overrides(given)
+        parsed = parse_overrides(given)
     except Exception:  # Hydra reports a malformed override itself, in its own words
         return argv
     values = {override.key_or_group: override.value() for override in parsed}
@@ -354,7 +354,7 @@ def with_saved_overrides(argv: list[str]) -> list[str]:
         return argv
     saved = OmegaConf.load(saved_file)
     saved = list(saved.hydra.overrides.task if multirun else saved)
-    kept = [o.input_line for o in OverridesParser.create().parse_overrides(saved) if o.key_or_group not in values]
+    kept = [o.input_line for o in parse_overrides(saved) if o.key_or_group not in values]
     return [argv[0], *flags, *kept, *given]
 
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import lightning as L
 import torch
 
+from shakegpt.divergence import check_losses
 from shakegpt.errors import ShakeGPTError
 from shakegpt.model import GPT, GPTConfig, KVCacheMode
 from shakegpt.tokenizer import CharTokenizer
@@ -64,19 +64,16 @@ class GPTModule(L.LightningModule):
         self._batch_losses[self.splits[dataloader_idx]].append(loss.detach())
 
     def on_validation_epoch_end(self) -> None:
-        # Averaged here rather than through self.log alone: Lightning's step-0 sanity check discards
-        # logged values, and the reporting callbacks need the step-0 losses too.
-        self.eval_losses = {}
-        for split, losses in self._batch_losses.items():
-            mean = self.trainer.strategy.reduce(torch.stack(losses).mean(), reduce_op="mean")
-            self.eval_losses[split] = float(mean)
-            if not math.isfinite(self.eval_losses[split]):
-                raise ShakeGPTError(
-                    f"training diverged: the {split} loss is {self.eval_losses[split]} at step {self.global_step}; "
-                    f"try a lower optimizer.lr"
-                )
+        # Averaged here rather than through self.log alone: the reporting callbacks read them as plain numbers at
+        # every evaluation, the one before training (a validate call) included.
+        self.eval_losses = {
+            split: float(self.trainer.strategy.reduce(torch.stack(losses).mean(), reduce_op="mean"))
+            for split, losses in self._batch_losses.items()
+        }
+        check_losses(self.eval_losses, self.global_step)
+        for split, loss in self.eval_losses.items():
             # Already averaged over ranks; sync_dist only keeps Lightning from warning that it is not.
-            self.log(f"{split}/loss", self.eval_losses[split], logger=False, prog_bar=True, sync_dist=True)
+            self.log(f"{split}/loss", loss, logger=False, prog_bar=True, sync_dist=True)
 
     def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
         if self.optimizer_factory is None:

@@ -29,6 +29,7 @@ from omegaconf import DictConfig
 
 from shakegpt.errors import ShakeGPTError
 from shakegpt.rundir import (
+    FINAL_SAMPLE,
     METRICS,
     RUN_RECORD,
     SAMPLES,
@@ -106,7 +107,7 @@ def load_run(folder: Path) -> Run:
     overrides = _overrides(folder, record)
     run = Run(folder, ",".join(overrides) or folder.name, record, overrides)
     run.evals = [(row.step, row.train_loss, row.val_loss) for row in read_metrics(folder / METRICS)]
-    sample = folder / SAMPLES / "final.txt"
+    sample = folder / SAMPLES / FINAL_SAMPLE
     if sample.is_file():
         run.sample = sample.read_text(encoding="utf-8")
     return run

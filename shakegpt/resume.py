@@ -3,10 +3,10 @@
 A run checkpoints (checkpoints/last.ckpt) at the end of every step that is followed by an evaluation, before
 that evaluation, and at the end of whichever step it is in when Ctrl-C or SIGTERM arrives. Those are the only
 moments: the optimizer has stepped, nothing of the next step has happened, and the checkpoint notes whether the
-step's evaluation is still to be done. A resumed run does that evaluation first, then goes on with the next
-batch (training batches are indexed by step), so its losses, metrics.csv and TensorBoard scalars are those of
-the uninterrupted run. A signal during an evaluation stops at once: the checkpoint from before it stands. A kill
-at any moment leaves the last checkpoint, which was written whole (rundir.write_atomically).
+step's evaluation is still to be done. A resumed run does that evaluation first (evaluate_first), then goes on
+with the next batch (training batches are indexed by step), so its losses, metrics.csv and TensorBoard scalars
+are those of the uninterrupted run. A signal during an evaluation stops at once: the checkpoint from before it
+stands. A kill at any moment leaves the last checkpoint, which was written whole (rundir.write_atomically).
 
 On SLURM through hydra/launcher=slurm, the job gets SIGUSR2 ahead of its time limit or a preemption: the run
 stops the same way, then submitit's handler requeues the job, which continues from that checkpoint
@@ -18,22 +18,33 @@ from __future__ import annotations
 import io
 import signal
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.seed import isolate_rng
 
 from shakegpt.checkpoint import read_checkpoint, resolve_checkpoint
+from shakegpt.compat import kill_launched_ranks, load_fit_loop_state
+from shakegpt.divergence import check_weights
 from shakegpt.errors import STOP_SIGNALS, Interrupted, ShakeGPTError
 from shakegpt.rundir import (
     BEST_CHECKPOINT,
+    CHECKPOINTS,
     LAST_CHECKPOINT,
+    METRICS,
+    TENSORBOARD_EVENTS,
+    RunStatus,
+    copy_atomically,
     last_checkpoint,
+    read_metrics,
     remove_stale_temp_files,
     write_atomically,
+    write_metrics,
 )
 
 # The sections of a checkpoint that say how to continue it, beside Lightning's own (weights, optimizer,
@@ -83,14 +94,9 @@ def is_eval_step(trainer: L.Trainer, step: int) -> bool:
     return step == trainer.max_steps or step % int(trainer.val_check_interval) == 0
 
 
-class Trainer(L.Trainer):
-    """Lightning's Trainer, whose pre-training evaluation (the 'sanity check') is the run's pending evaluation:
-    step 0's for a new run, and for a resumed run the one its checkpoint was taken before. The entry point asks
-    for it (num_sanity_val_steps) exactly then; Lightning would skip it on every resume."""
-
-    def _run_sanity_check(self) -> None:
-        self.fit_loop.epoch_loop.val_loop.restarting = False
-        super()._run_sanity_check()
+def evaluating_before_training(trainer: L.Trainer) -> bool:
+    """Whether the evaluation under way is the one a run does before it trains (evaluate_first)."""
+    return trainer.state.fn == TrainerFn.VALIDATING
 
 
 class RunCheckpoints(L.Callback):
@@ -99,8 +105,8 @@ class RunCheckpoints(L.Callback):
     SIGUSR2 into a stop at the next such point. A second Ctrl-C stops at once; the last checkpoint then stands.
     After a stop on SIGUSR2, the handler that was there before (submitit's, on SLURM) requeues the job."""
 
-    def __init__(self, dirpath: str, settings: dict[str, Any], run_id: str | None = None) -> None:
-        self.dirpath = Path(dirpath)
+    def __init__(self, run_dir: str, settings: dict[str, Any], run_id: str | None = None) -> None:
+        self.dirpath = Path(run_dir) / CHECKPOINTS
         self.settings = settings
         self.run_id = run_id  # the run folder's (run.json): a checkpoint copied into another folder is known
         self.best_val_loss = float("inf")
@@ -116,7 +122,10 @@ class RunCheckpoints(L.Callback):
         return {"best_val_loss": self.best_val_loss, "best_step": self.best_step}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.best_val_loss, self.best_step = float(state_dict["best_val_loss"]), int(state_dict["best_step"])
+        # A resumed run loads its checkpoint twice, for the evaluation before training and for training (see
+        # evaluate_first): a best found by that evaluation is newer than the checkpoint's, and stays.
+        if float(state_dict["best_val_loss"]) < self.best_val_loss:
+            self.best_val_loss, self.best_step = float(state_dict["best_val_loss"]), int(state_dict["best_step"])
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         self._rng_states_to_restore = checkpoint.get(RNG_KEY)
@@ -133,11 +142,7 @@ class RunCheckpoints(L.Callback):
         checkpoint[RNG_KEY] = rng_states()
 
     def _save(self, trainer: L.Trainer, pl_module: L.LightningModule, path: Path, eval_pending: bool) -> None:
-        if not all(torch.isfinite(p).all() for p in pl_module.parameters()):
-            raise ShakeGPTError(
-                f"training diverged: the weights hold non-finite values at step {trainer.global_step}; the last "
-                "good checkpoint is kept; try a lower optimizer.lr"
-            )
+        check_weights(pl_module.parameters(), trainer.global_step)
         self._eval_pending = eval_pending
         trainer.save_checkpoint(path, weights_only=False)
 
@@ -146,9 +151,8 @@ class RunCheckpoints(L.Callback):
         if self.stop_signal is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.stop_signal = signum
-        launcher = self._trainer.strategy.launcher if self._trainer is not None else None
-        if launcher is not None:
-            launcher.kill(signum)  # the other DDP ranks stop at the same step
+        if self._trainer is not None:
+            kill_launched_ranks(self._trainer, signum)  # the other DDP ranks stop at the same step
 
     def _install_handlers(self, trainer: L.Trainer) -> None:
         # After Lightning has installed its own SIGTERM handler (which would stop in the middle of an
@@ -159,20 +163,20 @@ class RunCheckpoints(L.Callback):
                 self._previous_handlers[signum] = signal.getsignal(signum)
             signal.signal(signum, self._on_signal)
 
-    def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._install_handlers(trainer)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._install_handlers(trainer)
-        # Restored here, not on load: Lightning re-seeds the global generators after its sanity check.
+        # Restored as training starts, not on load: a resumed run loads its checkpoint twice (evaluate_first).
         states, self._rng_states_to_restore = self._rng_states_to_restore, None
         if states is not None:
             restore_rng_states(states)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        # Before the final sample (Lightning tears down, then calls on_fit_end): a signal there meets the entry
-        # point's handler again, which ends the run at once; the last checkpoint precedes the final evaluation,
-        # so a resume redoes it and the sample.
+        # After the evaluation before training, and before the final sample (Lightning tears down, then calls
+        # on_fit_end): a signal there meets the entry point's handler again, which ends the run at once; the last
+        # checkpoint precedes the final evaluation, so a resume redoes it and the sample.
         for signum, handler in self._previous_handlers.items():
             signal.signal(signum, handler)
         self._previous_handlers = {}
@@ -184,7 +188,7 @@ class RunCheckpoints(L.Callback):
         return requested
 
     # --- the points ------------------------------------------------------------------------------------------
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if trainer.is_global_zero:
             remove_stale_temp_files(self.dirpath)
 
@@ -214,23 +218,53 @@ class RunCheckpoints(L.Callback):
         val_loss = pl_module.eval_losses["val"]
         if val_loss < self.best_val_loss:
             self.best_val_loss, self.best_step = val_loss, trainer.global_step
-            self._save(trainer, pl_module, self.dirpath / BEST_CHECKPOINT, eval_pending=False)
+            best = self.dirpath / BEST_CHECKPOINT
+            if evaluating_before_training(trainer) and trainer.ckpt_path is not None:
+                # A resumed run's weights are its checkpoint's, which holds the optimizer's state too (Lightning
+                # sets up no optimizer to evaluate); resumed from, it redoes this evaluation and goes on exactly.
+                if trainer.is_global_zero:
+                    copy_atomically(Path(trainer.ckpt_path), best)
+            else:
+                self._save(trainer, pl_module, best, eval_pending=False)
 
 
 @dataclass(frozen=True)
 class StartPoint:
-    """Where a run starts: a checkpoint (None for a new run), the steps it holds, and whether the evaluation of
-    that step is still to be done."""
+    """Where a run starts: a checkpoint (None for a new run), the steps it holds, whether the evaluation of that
+    step is still to be done, and the training loop's state the checkpoint holds (Lightning's)."""
 
     checkpoint: Path | None = None
     step: int = 0
     eval_pending: bool = True
+    loop_state: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @property
     def first_unrecorded_step(self) -> int:
         """Records (metrics.csv rows, TensorBoard events) from this step on belong to a future the checkpoint
         does not hold: an interrupted run may have written some, and the resumed run writes them again."""
         return self.step if self.eval_pending else self.step + 1
+
+
+def finished(record: dict[str, Any], resume: bool | str, requeued: bool, max_steps: int) -> bool:
+    """Whether the run whose run.json is record is skipped: resume=true (or a job SLURM requeued) on a run that
+    ended (at max_steps or beyond, or stopped early), so re-running a sweep into its folder redoes no work."""
+    status = RunStatus(record.get("status", RunStatus.RUNNING))
+    return (resume is True or requeued) and status.ended(record.get("steps", 0), max_steps)
+
+
+def forget_the_unrecorded(output_dir: Path, start: StartPoint) -> None:
+    """An interrupted run may have recorded evaluations its checkpoint does not hold; the resumed run records
+    them again. metrics.csv loses those rows; TensorBoard's events from that step on are hidden by the resumed
+    run's logger (purge_step: StartPoint.first_unrecorded_step), and a run that starts again from scratch
+    removes its earlier attempt's events files, which would otherwise hold every step twice."""
+    step = start.first_unrecorded_step
+    rows = read_metrics(output_dir / METRICS)
+    kept = [row for row in rows if row.step < step]
+    if len(kept) != len(rows):
+        write_metrics(output_dir / METRICS, kept)
+    if step == 0:
+        for events in output_dir.glob(TENSORBOARD_EVENTS):
+            events.unlink()
 
 
 def start_point(
@@ -258,7 +292,27 @@ def start_point(
             f"run.json): copied here? To continue from it in this folder, say so: resume={path}"
         )
     check_same_settings(path, saved.get("settings"), settings)
-    return StartPoint(path, int(checkpoint.get("global_step", 0)), bool(saved.get("eval_pending", False)))
+    return StartPoint(
+        path,
+        int(checkpoint.get("global_step", 0)),
+        bool(saved.get("eval_pending", False)),
+        checkpoint.get("loops", {}).get("fit_loop"),
+    )
+
+
+def evaluate_first(
+    trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule, start: StartPoint
+) -> None:
+    """The evaluation a run does before it trains, when start says one is due: step 0's, or the one a resumed
+    run's checkpoint was taken before. Lightning's validate does it, on the checkpoint's weights, at the
+    checkpoint's step, with the callbacks that report every evaluation; fit then loads the checkpoint again and
+    trains. The run's random stream goes on as if the evaluation had not been (its loaders draw a seed)."""
+    if not start.eval_pending:
+        return
+    if start.loop_state is not None:
+        load_fit_loop_state(trainer, start.loop_state)
+    with isolate_rng():
+        trainer.validate(module, datamodule=datamodule, ckpt_path=start.checkpoint, verbose=False)
 
 
 # What a resumed run may change (config keys, with everything below them): where and on what it runs, how long,

@@ -33,6 +33,7 @@ from shakegpt.errors import Interrupted
 RUN_RECORD = "run.json"
 METRICS = "metrics.csv"
 SAMPLES = "samples"
+FINAL_SAMPLE = "final.txt"
 CHECKPOINTS = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
 BEST_CHECKPOINT = "best.ckpt"
@@ -75,8 +76,18 @@ def remove_unstarted(folder: Path) -> bool:
     return True
 
 
+def eval_sample(step: int) -> str:
+    """The name of the text sampled after the evaluation at step, in SAMPLES."""
+    return f"step_{step:06d}.txt"
+
+
 def last_checkpoint(folder: Path) -> Path:
     return folder / CHECKPOINTS / LAST_CHECKPOINT
+
+
+def copy_atomically(source: Path, path: Path) -> None:
+    """Replace path with a copy of source, as write_atomically does."""
+    write_atomically(path, source.read_bytes())
 
 
 def write_atomically(path: Path, data: bytes) -> None:
@@ -124,7 +135,7 @@ class RunStatus(str, Enum):
     RUNNING = "running"
     FINISHED = "finished"  # trained to trainer.max_steps
     STOPPED_EARLY = "stopped early"  # by early stopping
-    DIVERGED = "diverged"  # to its end, with a loss DIVERGED_FACTOR times its first evaluation's on the way
+    DIVERGED = "diverged"  # to its end, with a loss shakegpt.divergence.blown_up on the way
     INTERRUPTED = "interrupted"  # by a signal, where resume=true continues it exactly
     FAILED = "failed"  # the record's error says why
 
@@ -201,20 +212,6 @@ def write_metrics(path: Path, rows: list[EvalRow]) -> None:
 def new_run_id() -> str:
     """A run's identity, kept in its run.json and its checkpoints for as long as the run goes on."""
     return uuid.uuid4().hex[:12]
-
-
-def drop_records_from(folder: Path, step: int) -> None:
-    """An interrupted run may have recorded evaluations its checkpoint does not hold; the resumed run records
-    them again. metrics.csv loses those rows; TensorBoard's events from that step on are hidden by the resumed
-    run's logger (purge_step), and a run that starts again from scratch removes its earlier attempt's events
-    files, which would otherwise hold every step twice."""
-    rows = read_metrics(folder / METRICS)
-    kept = [row for row in rows if row.step < step]
-    if len(kept) != len(rows):
-        write_metrics(folder / METRICS, kept)
-    if step == 0:
-        for events in folder.glob(TENSORBOARD_EVENTS):
-            events.unlink()
 
 
 class FolderInUse(Exception):

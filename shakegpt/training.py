@@ -21,8 +21,16 @@ from shakegpt.errors import ShakeGPTError
 from shakegpt.hardware import check_accelerator
 from shakegpt.launch import restarted_by_slurm, save_run_config, wait_for_ranks
 from shakegpt.module import GPTModule
-from shakegpt.resume import AtomicCheckpointIO, StartPoint, run_settings, start_point
-from shakegpt.rundir import RUN_RECORD, RunStatus, drop_records_from, new_run_id, read_record
+from shakegpt.resume import (
+    AtomicCheckpointIO,
+    StartPoint,
+    evaluate_first,
+    finished,
+    forget_the_unrecorded,
+    run_settings,
+    start_point,
+)
+from shakegpt.rundir import RUN_RECORD, new_run_id, read_record
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +111,8 @@ def build(
     **trainer_kwargs,
 ) -> tuple[L.Trainer, GPTModule, L.LightningDataModule]:
     """Everything a run needs, from its config: the trainer, the model and the data. A run continuing from a
-    checkpoint (start) evaluates first only if the checkpoint was taken before an evaluation, and hides the
-    TensorBoard events the interrupted run wrote past it. run_id: the run's identity (a new one if None)."""
+    checkpoint (start) hides the TensorBoard events the interrupted run wrote past it. run_id: the run's
+    identity (a new one if None)."""
     start = start or StartPoint()
     check_settings(cfg)
     check_accelerator(cfg.hardware.accelerator)
@@ -132,8 +140,6 @@ def build(
     ]
     callbacks += trainer_kwargs.pop("callbacks", [])
     logger = instantiate(cfg.logger, **({"purge_step": start.first_unrecorded_step} if start.checkpoint else {}))
-    if not start.eval_pending:
-        trainer_kwargs["num_sanity_val_steps"] = 0
     trainer = instantiate(
         cfg.trainer, logger=logger, callbacks=callbacks, plugins=[AtomicCheckpointIO()], **trainer_kwargs
     )
@@ -151,8 +157,7 @@ def train(cfg: DictConfig) -> float:
     check_settings(cfg)
     requeued = restarted_by_slurm()
     record = read_record(output_dir / RUN_RECORD)
-    status = RunStatus(record.get("status", RunStatus.RUNNING))
-    if (cfg.resume is True or requeued) and status.ended(record.get("steps", 0), cfg.trainer.max_steps):
+    if finished(record, cfg.resume, requeued, cfg.trainer.max_steps):
         log.info("%s finished already; skipped (resume=true)", output_dir)
         return float(record.get("best_val_loss") or float("nan"))
     settings = run_settings(OmegaConf.to_container(cfg, resolve=True))
@@ -160,13 +165,14 @@ def train(cfg: DictConfig) -> float:
     start = start_point(output_dir, cfg.resume, settings, requeued, run_id)
     if rank_zero_only.rank == 0:
         save_run_config(cfg, output_dir)
-        drop_records_from(output_dir, start.first_unrecorded_step)
+        forget_the_unrecorded(output_dir, start)
     trainer, module, datamodule = build(cfg, start, settings, run_id)
     if start.checkpoint is not None:
         check_resumable(start.checkpoint, module.hparams.model_config, module.hparams.vocab)
     print(f"{module.model.num_parameters() / 1e6:.6f} M parameters", flush=True)
     if start.checkpoint is None:  # a resumed run's TensorBoard folder has them already
         log_hparams(trainer.logger, flat_hparams(cfg))
+    evaluate_first(trainer, module, datamodule, start)
     trainer.fit(module, datamodule=datamodule, ckpt_path=start.checkpoint)
     wait_for_ranks(trainer)
     best = best_val_loss(trainer)

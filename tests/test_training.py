@@ -1,11 +1,14 @@
 """The training pipeline in-process, as a job of `python -m shakegpt.train` runs it (shakegpt.training.train on a
 config composed through Hydra's compose API): a tiny model trained, stopped by a real signal, and resumed."""
 
+import contextlib
 import os
 import signal
+from pathlib import Path
 
 import lightning as L
 import pytest
+import torch
 
 from shakegpt.compose import as_a_job
 from shakegpt.errors import Interrupted
@@ -29,13 +32,21 @@ class SignalAt(L.Callback):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
-@pytest.fixture
-def signal_handlers():
+@contextlib.contextmanager
+def own_signal_handlers():
     """Training installs its own handlers in this process; the other tests get pytest's back."""
     before = {signum: signal.getsignal(signum) for signum in TRAINING_STOP_SIGNALS}
-    yield
-    for signum, handler in before.items():
-        signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+
+
+@pytest.fixture
+def signal_handlers():
+    with own_signal_handlers():
+        yield
 
 
 def run(folder, *overrides: str) -> float:
@@ -50,9 +61,19 @@ def outcome(folder) -> tuple:
     return losses, record["best_val_loss"], record["steps"], samples
 
 
-def test_a_run_stopped_by_a_signal_resumes_in_process_to_the_uninterrupted_numbers(tmp_path, signal_handlers):
-    best = run(tmp_path / "whole")
-    whole = outcome(tmp_path / "whole")
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> tuple[Path, float, tuple]:
+    """The run the interrupted ones are compared with: its folder, best val loss and outcome."""
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    with own_signal_handlers():
+        best = run(folder)
+    return folder, best, outcome(folder)
+
+
+def test_a_run_stopped_by_a_signal_resumes_in_process_to_the_uninterrupted_numbers(
+    tmp_path, signal_handlers, uninterrupted
+):
+    _, best, whole = uninterrupted
     assert [step for step, *_ in whole[0]] == [0, 10, 20] and whole[1] == best and whole[2] == 20
     assert set(whole[3]) == {"step_000000.txt", "step_000010.txt", "step_000020.txt", "final.txt"}
 
@@ -66,3 +87,26 @@ def test_a_run_stopped_by_a_signal_resumes_in_process_to_the_uninterrupted_numbe
     assert outcome(tmp_path / "stopped") == whole
     # Resumed again when done: skipped, with the same best val loss.
     assert run(tmp_path / "stopped", "resume=true") == best
+
+
+def test_a_run_stopped_before_its_last_evaluation_does_it_before_training_and_ends(
+    tmp_path, signal_handlers, uninterrupted
+):
+    """The evaluation a resumed run owes (shakegpt.resume.evaluate_first), at the hardest point: after the last
+    step, where fit trains no more; its best.ckpt is then the checkpoint it resumed from, optimizer included."""
+    whole_folder, best, whole = uninterrupted
+    stop_at = ["+callbacks.stop._target_=tests.test_training.SignalAt", "+callbacks.stop.step=19"]
+    with pytest.raises(Interrupted) as stopped:
+        run(tmp_path / "stopped", *stop_at)
+    assert stopped.value.step == 20
+    assert read_record(tmp_path / "stopped" / "run.json")["status"] == "interrupted"
+
+    assert run(tmp_path / "stopped", "resume=true") == best
+    assert outcome(tmp_path / "stopped") == whole
+    ends = [
+        torch.load(folder / "checkpoints" / "best.ckpt", weights_only=False)
+        for folder in (whole_folder, tmp_path / "stopped")
+    ]
+    assert [end["global_step"] for end in ends] == [20, 20]
+    assert all(torch.equal(ends[0]["state_dict"][key], value) for key, value in ends[1]["state_dict"].items())
+    assert len(ends[1]["optimizer_states"]) == 1

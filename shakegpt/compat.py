@@ -1,0 +1,65 @@
+"""The few places shakegpt reaches into a library past its public API, each with why the public API does not
+serve. tests/test_compat.py holds one test per function here, which fails when the library changes what the
+function relies on: a new Lightning, Hydra or torch that breaks one shows up there first, by name.
+
+Light to import (the commands' --help loads this module through launch.py): the libraries load when called.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import lightning as L
+    import torch
+    from hydra.core.override_parser.types import Override
+    from torch.utils.tensorboard import SummaryWriter
+
+
+def load_fit_loop_state(trainer: L.Trainer, state: dict[str, Any]) -> None:
+    """Put a checkpoint's training-loop state (its "loops"/"fit_loop" section) into trainer, so that an
+    evaluation before fit runs at the checkpoint's step (trainer.global_step, and the step every callback logs
+    and saves). Lightning restores the loops only inside fit; validate(ckpt_path=...) restores the weights alone.
+    fit(ckpt_path=...) loads the same state again."""
+    trainer.fit_loop.load_state_dict(state)
+
+
+def kill_launched_ranks(trainer: L.Trainer, signum: int) -> None:
+    """Send signum to the DDP ranks this process started (Lightning's subprocess launcher keeps them), so they
+    stop at the same step as this one: Lightning forwards no signal but its own SIGTERM handling's."""
+    launcher = trainer.strategy.launcher
+    if launcher is not None:
+        launcher.kill(signum)
+
+
+def launched_ranks(trainer: L.Trainer) -> list[Any]:
+    """The processes (subprocess.Popen) of the DDP ranks this process started; Lightning has no public list."""
+    return list(getattr(trainer.strategy.launcher, "procs", []))
+
+
+def patience_spent(callback: Any) -> bool:
+    """Whether Lightning's EarlyStopping callback stopped the run: it says so only in a log line, and keeps the
+    evaluations without improvement in wait_count (a public attribute, not documented)."""
+    return callback.wait_count >= callback.patience
+
+
+def tensorboard_file_writer(writer: SummaryWriter) -> Any:
+    """The events file writer behind a SummaryWriter, for writing summaries as they are (the HParams tab's
+    session start and end): SummaryWriter.add_hparams would write them into a folder of their own."""
+    return writer._get_file_writer()
+
+
+def softmax_backward(grad: torch.Tensor, probs: torch.Tensor, dim: int, dtype: torch.dtype) -> torch.Tensor:
+    """The gradient of a softmax from its output, in one kernel (the one autograd uses): the same from public
+    operations takes two more temporaries the size of the attention scores."""
+    import torch
+
+    return torch._softmax_backward_data(grad, probs, dim, dtype)
+
+
+def parse_overrides(lines: list[str]) -> list[Override]:
+    """Hydra's parsing of command-line overrides (`key=value`, `+key=value`, sweeps), as Hydra itself and its
+    sweeper plugins use it; Hydra documents the grammar but exports no function for it."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return OverridesParser.create().parse_overrides(lines)

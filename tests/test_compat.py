@@ -1,0 +1,80 @@
+"""One test per function of shakegpt/compat.py, the places shakegpt reaches past a library's public API: each
+fails when the library changes what the function relies on."""
+
+import signal
+import subprocess
+import sys
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import EarlyStopping
+from lightning.pytorch.demos.boring_classes import BoringModel
+from lightning.pytorch.plugins.environments import LightningEnvironment
+from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+from torch.utils.tensorboard import SummaryWriter
+
+from shakegpt import compat
+
+
+def quiet_trainer(**kwargs) -> L.Trainer:
+    options = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    return L.Trainer(accelerator="cpu", devices=1, **options, **kwargs)
+
+
+def test_a_checkpoints_loop_state_sets_the_step_before_fit(tmp_path):
+    trainer = quiet_trainer(max_steps=3, limit_val_batches=0)
+    trainer.fit(BoringModel())
+    trainer.save_checkpoint(tmp_path / "three.ckpt")
+    state = torch.load(tmp_path / "three.ckpt", weights_only=False)["loops"]["fit_loop"]
+
+    fresh = quiet_trainer(max_steps=5)
+    assert fresh.global_step == 0
+    compat.load_fit_loop_state(fresh, state)
+    assert fresh.global_step == 3
+
+
+def test_the_ranks_a_launcher_started_are_listed_and_signalled():
+    launcher = _SubprocessScriptLauncher(LightningEnvironment(), num_processes=2, num_nodes=1)
+    strategy = type("Strategy", (), {"launcher": launcher})()
+    trainer = type("Trainer", (), {"strategy": strategy})()
+    assert compat.launched_ranks(trainer) == []
+    rank = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    launcher.procs.append(rank)
+    assert compat.launched_ranks(trainer) == [rank]
+    compat.kill_launched_ranks(trainer, signal.SIGTERM)
+    assert rank.wait(timeout=10) == -signal.SIGTERM
+
+
+def test_early_stoppings_patience_is_read():
+    stopper = EarlyStopping(monitor="val/loss", patience=2)
+    assert not compat.patience_spent(stopper)
+    stopper.load_state_dict({**stopper.state_dict(), "wait_count": 2})
+    assert compat.patience_spent(stopper)
+
+
+def test_summaries_go_to_the_writers_own_events_file(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.utils.tensorboard.summary import scalar
+
+    writer = SummaryWriter(tmp_path)
+    compat.tensorboard_file_writer(writer).add_summary(scalar("x", 1.5), global_step=7)
+    writer.close()
+    assert len(list(tmp_path.iterdir())) == 1
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("x")] == [(7, 1.5)]
+
+
+def test_the_softmax_gradient_from_its_output_is_autograds():
+    scores = torch.randn(3, 5, 5, dtype=torch.float64, requires_grad=True)
+    probs = scores.softmax(-1)
+    grad = torch.randn_like(probs)
+    (expected,) = torch.autograd.grad(probs, scores, grad)
+    assert torch.allclose(compat.softmax_backward(grad, probs.detach(), -1, torch.float64), expected)
+
+
+def test_overrides_are_parsed_as_hydra_parses_them():
+    overrides = compat.parse_overrides(["model.n_layer=1,2", "+callbacks.x.y='a b'", "~seed"])
+    assert [o.key_or_group for o in overrides] == ["model.n_layer", "callbacks.x.y", "seed"]
+    assert [o.is_sweep_override() for o in overrides] == [True, False, False]
+    assert overrides[1].value() == "a b" and overrides[0].input_line == "model.n_layer=1,2"
