@@ -91,10 +91,10 @@ def find_runs(folders: list[Path]) -> list[Path]:
 
 
 def _overrides(folder: Path, record: dict[str, Any]) -> list[str]:
-    """The run's overrides: run.json's (from an earlier version, its label, which was all of them), else those
-    in .hydra/overrides.yaml (a run that failed before it started)."""
-    if record.get("overrides") or record.get("label"):
-        return (record.get("overrides") or record["label"]).split(",")
+    """The run's overrides: run.json's, else those in .hydra/overrides.yaml (a run that failed before it
+    started)."""
+    if record.get("overrides"):
+        return record["overrides"].split(",")
     overrides = folder / ".hydra" / "overrides.yaml"
     if overrides.is_file():
         lines = [line.removeprefix("- ").strip() for line in overrides.read_text().splitlines()]

@@ -129,13 +129,6 @@ class RunCheckpoints(L.Callback):
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         self._rng_states_to_restore = checkpoint.get(RNG_KEY)
-        # Checkpoints written before this callback existed (shakegpt 0.1) kept the best val loss in Lightning's
-        # ModelCheckpoint state; without it, the next evaluation would replace best.ckpt whatever its loss.
-        if RESUME_KEY not in checkpoint:
-            for key, state in checkpoint.get("callbacks", {}).items():
-                score = state.get("best_model_score")
-                if key.startswith("ModelCheckpoint") and "val/loss" in key and score is not None:
-                    self.best_val_loss = float(score)
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         checkpoint[RESUME_KEY] = {"eval_pending": self._eval_pending, "settings": self.settings, "run_id": self.run_id}
