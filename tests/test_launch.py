@@ -9,7 +9,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
-from shakegpt.launch import SWEPT_KEYS, SweptKeys, help_text, job_name, quote_path_overrides, restarted_by_slurm
+from shakegpt.launch import help_text, quote_path_overrides, restarted_by_slurm
+from shakegpt.resolvers import SWEPT_KEYS, SweptKeys, job_name
 
 from .conftest import ROOT
 
