@@ -7,6 +7,10 @@ Light to import (the commands' --help loads this module through launch.py): the 
 
 from __future__ import annotations
 
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -22,6 +26,48 @@ def load_fit_loop_state(trainer: L.Trainer, state: dict[str, Any]) -> None:
     and saves). Lightning restores the loops only inside fit; validate(ckpt_path=...) restores the weights alone.
     fit(ckpt_path=...) loads the same state again."""
     trainer.fit_loop.load_state_dict(state)
+
+
+# What Lightning's subprocess launcher (DDP) puts in the environment for the ranks it starts.
+DDP_LAUNCHER_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+
+
+@contextmanager
+def launchable_job() -> Iterator[None]:
+    """Lets Lightning's DDP launcher start this job's other ranks, inside a Hydra multirun too.
+
+    Lightning starts ranks 1..N-1 by running this program again with its command line plus
+    `hydra.run.dir=<the run dir>` (its private _hydra_subprocess_cmd, which no option steers). In a multirun
+    that command line is the whole sweep and the run dir is not the job's folder, so every rank would run every
+    job, elsewhere. Here the command line becomes this job's
+    overrides and the run dir its folder. Afterwards the process group is destroyed and the variables the
+    launcher set are put back as they were: left set, LOCAL_RANK makes Lightning believe the next job's ranks
+    exist already, and it waits for them forever.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import read_write
+
+    hydra_cfg = HydraConfig.get()
+    saved_argv = list(sys.argv)
+    saved_env = {name: os.environ.get(name) for name in DDP_LAUNCHER_VARIABLES}
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        sys.argv = [sys.argv[0], *hydra_cfg.overrides.task]
+        with read_write(hydra_cfg):
+            hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
+    try:
+        yield
+    finally:
+        import torch  # loaded by the job already
+
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        sys.argv = saved_argv
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def kill_launched_ranks(trainer: L.Trainer, signum: int) -> None:

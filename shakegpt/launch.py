@@ -7,7 +7,8 @@ shakegpt.train. Each piece is here because one of those tools, left alone, does 
   reads the '=' and ',' of sweep job folder names in `resume=` and `ckpt_path=`; `resume=true` on a run or
   sweep folder takes the overrides it started with (`with_saved_overrides`); Hydra's `--help` takes seconds;
 - `OutputDirCheck`: Hydra shows a traceback when it cannot create the run folder;
-- `launchable_job`: Lightning's DDP launcher re-runs the whole command line, which in a multirun is the sweep;
+- `compat.launchable_job` (used here): Lightning's DDP launcher re-runs the whole command line, which in a
+  multirun is the sweep;
 - `run_job`: the run folder's lock, and what a failure or an interruption does to a run and to a sweep;
 - `restarted_by_slurm`: a requeued job runs its saved command line again, which does not say resume=true;
 - `save_run_config`: Hydra would write .hydra/ before we know the run may use the folder;
@@ -30,8 +31,7 @@ import shlex
 import string
 import sys
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,10 +41,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from shakegpt import resolvers  # noqa: F401  (registers the resolvers conf/ uses)
-from shakegpt.compat import launched_ranks, parse_overrides
+from shakegpt.compat import launchable_job, launched_ranks, parse_overrides
 from shakegpt.config_dir import config_dir
 from shakegpt.errors import Interrupted, ShakeGPTError, stop_on_signals
 from shakegpt.rundir import (
@@ -111,9 +111,6 @@ def lightning_notices_plain() -> None:
 
 lightning_notices_plain()
 
-# What Lightning's subprocess launcher (DDP) puts in the environment for the ranks it starts.
-DDP_LAUNCHER_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
-
 
 class OutputDirCheck(Callback):
     """A Hydra callback: fail with a one-line message, before anything runs, when the run or sweep folder
@@ -134,39 +131,6 @@ class OutputDirCheck(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: object) -> None:
         self._check(config.hydra.sweep.dir)
-
-
-@contextmanager
-def launchable_job() -> Iterator[None]:
-    """Lets Lightning's DDP launcher start this job's other ranks, inside a Hydra multirun too.
-
-    Lightning starts ranks 1..N-1 by running this program again with its command line plus
-    `hydra.run.dir=<the run dir>`. In a multirun that command line is the whole sweep and the run dir is not
-    the job's folder, so every rank would run every job, elsewhere. Here the command line becomes this job's
-    overrides and the run dir its folder. Afterwards the process group is destroyed and the variables the
-    launcher set are put back as they were: left set, LOCAL_RANK makes Lightning believe the next job's ranks
-    exist already, and it waits for them forever.
-    """
-    hydra_cfg = HydraConfig.get()
-    saved_argv = list(sys.argv)
-    saved_env = {name: os.environ.get(name) for name in DDP_LAUNCHER_VARIABLES}
-    if hydra_cfg.mode == RunMode.MULTIRUN:
-        sys.argv = [sys.argv[0], *hydra_cfg.overrides.task]
-        with read_write(hydra_cfg):
-            hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
-    try:
-        yield
-    finally:
-        import torch  # loaded by the job already
-
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-        sys.argv = saved_argv
-        for name, value in saved_env.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def wait_for_ranks(trainer: L.Trainer) -> None:

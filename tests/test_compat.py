@@ -78,3 +78,28 @@ def test_overrides_are_parsed_as_hydra_parses_them():
     assert [o.key_or_group for o in overrides] == ["model.n_layer", "callbacks.x.y", "seed"]
     assert [o.is_sweep_override() for o in overrides] == [True, False, False]
     assert overrides[1].value() == "a b" and overrides[0].input_line == "model.n_layer=1,2"
+
+
+def test_a_ddp_rank_of_a_sweeps_job_runs_that_job_in_its_folder(tmp_path, monkeypatch):
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from lightning.fabric.strategies.launchers.subprocess_script import _hydra_subprocess_cmd
+    from omegaconf import read_write
+
+    from shakegpt.compose import as_a_job
+
+    sweep_argv = ["train.py", "-m", "model.n_layer=1,2", "hydra.sweep.dir=sweep"]
+    monkeypatch.setattr(sys, "argv", list(sweep_argv))
+    with as_a_job(["model.n_layer=2", f"paths.output_dir={tmp_path}"]):
+        hydra_cfg = HydraConfig.get()
+        with read_write(hydra_cfg):
+            hydra_cfg.mode = RunMode.MULTIRUN
+            hydra_cfg.runtime.output_dir = str(tmp_path / "model.n_layer=2")
+            hydra_cfg.runtime.cwd = str(tmp_path)
+            hydra_cfg.overrides.task = ["model.n_layer=2"]
+        with compat.launchable_job():
+            command, cwd = _hydra_subprocess_cmd(local_rank=1)
+        assert sys.argv == sweep_argv
+    arguments = command[command.index("model.n_layer=2") :]
+    assert arguments[:2] == ["model.n_layer=2", f'hydra.run.dir="{tmp_path / "model.n_layer=2"}"']
+    assert "-m" not in arguments and cwd == str(tmp_path)
