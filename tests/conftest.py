@@ -1,4 +1,6 @@
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -51,6 +53,39 @@ def sweep(tmp_path_factory):
     proc = run_module("shakegpt.train", "-m", *TINY, "model.n_layer=1,2,5", f"hydra.sweep.dir={folder}", cwd=tmp)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return folder, proc
+
+
+@contextlib.contextmanager
+def own_signal_handlers():
+    """Training installs its own signal handlers in this process; the tests after it get pytest's back."""
+    from shakegpt.resume import TRAINING_STOP_SIGNALS
+
+    before = {signum: signal.getsignal(signum) for signum in TRAINING_STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+
+
+def train_in_process(folder: Path, *overrides: str) -> float:
+    """shakegpt.training.train on a tiny run's config composed through Hydra's compose API, as a job of
+    `python -m shakegpt.train` runs it (run folder: folder); returns the best val loss."""
+    from shakegpt.compose import as_a_job
+    from shakegpt.training import train
+
+    settings = [*TINY, "callbacks.progress_bar.refresh_rate=0", f"paths.output_dir={folder}", *overrides]
+    with as_a_job(settings) as cfg:
+        return train(cfg)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory) -> Path:
+    """One tiny run (20 steps, evaluations at 0, 10 and 20) trained in this process: its folder."""
+    folder = tmp_path_factory.mktemp("trained") / "run"
+    with own_signal_handlers():
+        train_in_process(folder)
+    return folder
 
 
 @pytest.fixture(scope="session")

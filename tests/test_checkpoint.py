@@ -9,19 +9,18 @@ import torch
 from shakegpt.checkpoint import check_resumable, load_module, resolve_checkpoint
 from shakegpt.errors import ShakeGPTError
 
-# Each test reads the checkpoints of a real tiny run (conftest's `run`, a subprocess).
-pytestmark = pytest.mark.slow
+# Each test reads the checkpoints of a real tiny run (conftest's `trained`, in this process).
 
 
-def test_a_runs_checkpoints_hold_only_tensors_and_plain_values(run):
-    folder, _ = run
+def test_a_runs_checkpoints_hold_only_tensors_and_plain_values(trained):
+    folder = trained
     for name in ("last.ckpt", "best.ckpt"):
         checkpoint = torch.load(folder / "checkpoints" / name, weights_only=True)  # refuses any other object
         assert set(checkpoint["hyper_parameters"]) == {"model_config", "vocab"}
 
 
-def test_checkpoints_that_are_not_ours_or_truncated_are_refused(tmp_path, run):
-    folder, _ = run
+def test_checkpoints_that_are_not_ours_or_truncated_are_refused(tmp_path, trained):
+    folder = trained
     truncated = tmp_path / "truncated.ckpt"
     truncated.write_bytes((folder / "checkpoints" / "best.ckpt").read_bytes()[:5000])
     with pytest.raises(ShakeGPTError, match="not a readable checkpoint"):
@@ -34,8 +33,8 @@ def test_checkpoints_that_are_not_ours_or_truncated_are_refused(tmp_path, run):
         load_module(str(tmp_path / "nothing-here"))
 
 
-def test_a_checkpoint_damaged_inside_or_holding_nan_weights_is_refused(tmp_path, run):
-    folder, _ = run
+def test_a_checkpoint_damaged_inside_or_holding_nan_weights_is_refused(tmp_path, trained):
+    folder = trained
     best = folder / "checkpoints" / "best.ckpt"
     with zipfile.ZipFile(best) as archive:  # the largest tensor's bytes, in the middle
         member = max(archive.infolist(), key=lambda info: info.file_size)
@@ -56,8 +55,8 @@ def test_a_checkpoint_damaged_inside_or_holding_nan_weights_is_refused(tmp_path,
         load_module(str(diverged))
 
 
-def test_resuming_from_another_vocabulary_or_model_is_refused(run):
-    folder, _ = run
+def test_resuming_from_another_vocabulary_or_model_is_refused(trained):
+    folder = trained
     last = resolve_checkpoint(str(folder), "last.ckpt")
     module = load_module(str(folder))
     config, vocab = asdict(module.model.config), module.tokenizer.vocab

@@ -3,16 +3,13 @@ checkpoints; the exact resumes themselves are tests/test_faults.py's."""
 
 import shutil
 
-import pytest
 from omegaconf import OmegaConf
 
 from shakegpt.resume import StartPoint, run_settings, start_point
 
-pytestmark = pytest.mark.slow
 
-
-def test_resume_false_true_a_path_or_a_requeue_decide_the_start(run, tmp_path):
-    folder, _ = run
+def test_resume_false_true_a_path_or_a_requeue_decide_the_start(trained, tmp_path):
+    folder = trained
     settings = run_settings(OmegaConf.to_container(OmegaConf.load(folder / "config.yaml")))
     last = folder / "checkpoints" / "last.ckpt"
     fresh, copy = tmp_path / "fresh", tmp_path / "copy"

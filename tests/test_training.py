@@ -1,7 +1,6 @@
 """The training pipeline in-process, as a job of `python -m shakegpt.train` runs it (shakegpt.training.train on a
 config composed through Hydra's compose API): a tiny model trained, stopped by a real signal, and resumed."""
 
-import contextlib
 import os
 import signal
 from pathlib import Path
@@ -10,15 +9,10 @@ import lightning as L
 import pytest
 import torch
 
-from shakegpt.compose import as_a_job
 from shakegpt.errors import Interrupted
-from shakegpt.resume import TRAINING_STOP_SIGNALS
 from shakegpt.rundir import read_metrics, read_record
-from shakegpt.training import train
 
-from .conftest import TINY
-
-SHORT = [*TINY, "trainer.max_steps=20", "trainer.val_check_interval=10", "callbacks.progress_bar.refresh_rate=0"]
+from .conftest import own_signal_handlers, train_in_process
 
 
 class SignalAt(L.Callback):
@@ -32,26 +26,10 @@ class SignalAt(L.Callback):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
-@contextlib.contextmanager
-def own_signal_handlers():
-    """Training installs its own handlers in this process; the other tests get pytest's back."""
-    before = {signum: signal.getsignal(signum) for signum in TRAINING_STOP_SIGNALS}
-    try:
-        yield
-    finally:
-        for signum, handler in before.items():
-            signal.signal(signum, handler)
-
-
 @pytest.fixture
 def signal_handlers():
     with own_signal_handlers():
         yield
-
-
-def run(folder, *overrides: str) -> float:
-    with as_a_job([*SHORT, f"paths.output_dir={folder}", *overrides]) as cfg:
-        return train(cfg)
 
 
 def outcome(folder) -> tuple:
@@ -62,12 +40,9 @@ def outcome(folder) -> tuple:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory) -> tuple[Path, float, tuple]:
-    """The run the interrupted ones are compared with: its folder, best val loss and outcome."""
-    folder = tmp_path_factory.mktemp("uninterrupted")
-    with own_signal_handlers():
-        best = run(folder)
-    return folder, best, outcome(folder)
+def uninterrupted(trained) -> tuple[Path, float, tuple]:
+    """The run the interrupted ones are compared with (conftest's): its folder, best val loss and outcome."""
+    return trained, read_record(trained / "run.json")["best_val_loss"], outcome(trained)
 
 
 def test_a_run_stopped_by_a_signal_resumes_in_process_to_the_uninterrupted_numbers(
@@ -79,14 +54,14 @@ def test_a_run_stopped_by_a_signal_resumes_in_process_to_the_uninterrupted_numbe
 
     stop_at = ["+callbacks.stop._target_=tests.test_training.SignalAt", "+callbacks.stop.step=12"]
     with pytest.raises(Interrupted) as stopped:
-        run(tmp_path / "stopped", *stop_at)
+        train_in_process(tmp_path / "stopped", *stop_at)
     assert stopped.value.step == 13  # RunCheckpoints stops at the end of the step after the signal's
     assert [row.step for row in read_metrics(tmp_path / "stopped" / "metrics.csv")] == [0, 10]
 
-    assert run(tmp_path / "stopped", "resume=true") == best
+    assert train_in_process(tmp_path / "stopped", "resume=true") == best
     assert outcome(tmp_path / "stopped") == whole
     # Resumed again when done: skipped, with the same best val loss.
-    assert run(tmp_path / "stopped", "resume=true") == best
+    assert train_in_process(tmp_path / "stopped", "resume=true") == best
 
 
 def test_a_run_stopped_before_its_last_evaluation_does_it_before_training_and_ends(
@@ -97,11 +72,11 @@ def test_a_run_stopped_before_its_last_evaluation_does_it_before_training_and_en
     whole_folder, best, whole = uninterrupted
     stop_at = ["+callbacks.stop._target_=tests.test_training.SignalAt", "+callbacks.stop.step=19"]
     with pytest.raises(Interrupted) as stopped:
-        run(tmp_path / "stopped", *stop_at)
+        train_in_process(tmp_path / "stopped", *stop_at)
     assert stopped.value.step == 20
     assert read_record(tmp_path / "stopped" / "run.json")["status"] == "interrupted"
 
-    assert run(tmp_path / "stopped", "resume=true") == best
+    assert train_in_process(tmp_path / "stopped", "resume=true") == best
     assert outcome(tmp_path / "stopped") == whole
     ends = [
         torch.load(folder / "checkpoints" / "best.ckpt", weights_only=False)
