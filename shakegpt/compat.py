@@ -3,6 +3,13 @@ serve. tests/test_compat.py holds one test per function here, which fails when t
 function relies on: a new Lightning, Hydra or torch that breaks one shows up there first, by name.
 
 Light to import (the commands' --help loads this module through launch.py): the libraries load when called.
+
+Two behaviours of Lightning are relied on without calling anything private; tests/test_faults.py (every kill
+and signal resumes to the uninterrupted run's numbers) fails if they change: Lightning installs its SIGTERM
+handler before the run's first hook, which resume.RunCheckpoints then replaces with its own (stop at the next
+point a run continues from exactly, where Lightning's would stop mid-evaluation); and a resumed run's train
+loader must report the whole run's length (data.RandomWindows.__len__), or Lightning, which restores how many
+batches of the epoch were done, ends the epoch early and starts another.
 """
 
 from __future__ import annotations
@@ -17,7 +24,24 @@ if TYPE_CHECKING:
     import lightning as L
     import torch
     from hydra.core.override_parser.types import Override
+    from omegaconf import DictConfig
     from torch.utils.tensorboard import SummaryWriter
+
+
+@contextmanager
+def hydra_config_of(cfg: DictConfig) -> Iterator[None]:
+    """Hydra's own config (HydraConfig.get(): the `${hydra:...}` interpolations, the job's folder) set to cfg's
+    `hydra` node while the block runs, as Hydra sets it around a job; compose() alone sets none. Hydra's test
+    utilities do the same; it offers no public way."""
+    from hydra.core.hydra_config import HydraConfig
+
+    instance = HydraConfig.instance()
+    previous, instance.cfg = instance.cfg, None
+    instance.set_config(cfg)
+    try:
+        yield
+    finally:
+        instance.cfg = previous
 
 
 def load_fit_loop_state(trainer: L.Trainer, state: dict[str, Any]) -> None:

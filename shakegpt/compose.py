@@ -7,9 +7,9 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from shakegpt.compat import hydra_config_of
 from shakegpt.config_dir import config_dir
 from shakegpt.launch import HYDRA_VERSION_BASE  # (which registers the resolvers conf/ uses: job_name, pid, ...)
 
@@ -22,16 +22,11 @@ def as_a_job(overrides: Sequence[str], config_name: str = "train") -> Iterator[D
     writes one: outside an app Hydra creates none."""
     with initialize_config_dir(config_dir=config_dir(config_name), version_base=HYDRA_VERSION_BASE):
         cfg = compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
-    hydra_config = HydraConfig.instance()
-    previous, hydra_config.cfg = hydra_config.cfg, None
-    hydra_config.set_config(cfg)
-    try:
+    with hydra_config_of(cfg):
         with open_dict(cfg):
             del cfg["hydra"]  # kept in HydraConfig
         OmegaConf.resolve(cfg)
         yield cfg
-    finally:
-        hydra_config.cfg = previous
 
 
 def job_config(overrides: Sequence[str], config_name: str = "train") -> DictConfig:

@@ -103,3 +103,17 @@ def test_a_ddp_rank_of_a_sweeps_job_runs_that_job_in_its_folder(tmp_path, monkey
     arguments = command[command.index("model.n_layer=2") :]
     assert arguments[:2] == ["model.n_layer=2", f'hydra.run.dir="{tmp_path / "model.n_layer=2"}"']
     assert "-m" not in arguments and cwd == str(tmp_path)
+
+
+def test_hydras_config_is_set_around_a_block_and_put_back():
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    from shakegpt.config_dir import config_dir
+
+    with initialize_config_dir(config_dir=config_dir("train"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["seed=7"], return_hydra_config=True)
+    was_set = HydraConfig.initialized()
+    with compat.hydra_config_of(cfg):
+        assert list(HydraConfig.get().overrides.task) == ["seed=7"]
+    assert HydraConfig.initialized() == was_set
