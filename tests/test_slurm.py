@@ -194,6 +194,49 @@ def test_a_preempted_job_is_requeued_and_finishes_with_the_uninterrupted_losses(
     assert no_job_left(sweep)
 
 
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_a_job_larger_than_every_node_ends_the_sweep_in_one_line(tmp_path, jobcomp_log):
+    sweep = tmp_path / "sweep"
+    too_large = [*ON_SLURM, "hydra.launcher.cpus_per_task=4096"]
+    started = time.monotonic()
+    proc = run_module(
+        "shakegpt.train", "-m", *TINY, "model.n_layer=1,2", *too_large, f"hydra.sweep.dir={sweep}", cwd=tmp_path,
+        timeout=SLURM_TIMEOUT,
+    )  # fmt: skip
+    assert proc.returncode == 1 and time.monotonic() - started < 120, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(r"error: SLURM job \d+_[01] \(.*model\.n_layer=[12]\) can never start: .*", last), last
+    assert "cpus_per_task=4096" in last and "PartitionConfig" in last and "Traceback" not in proc.stderr
+    assert no_job_left(sweep)  # both cancelled
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_a_cancelled_job_ends_the_sweep_in_one_line(tmp_path, jobcomp_log):
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONUNBUFFERED": "1"}
+    sweep_process = subprocess.Popen(
+        [sys.executable, "-m", "shakegpt.train", "-m", *TINY, "trainer.max_steps=100000", *ON_SLURM,
+         f"hydra.sweep.dir={sweep}"],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + SLURM_TIMEOUT
+        while not list(sweep.glob(f"*/{METRICS}")):  # the job trains
+            assert sweep_process.poll() is None and time.monotonic() < deadline, "the job never started"
+            time.sleep(0.1)
+        [job] = job_ids(sweep)
+        subprocess.run(["scancel", job], check=True)
+        _, errors = sweep_process.communicate(timeout=120)
+    finally:
+        sweep_process.kill()
+    assert sweep_process.returncode == 1, errors[-3000:]
+    assert errors.strip().splitlines()[-1].startswith(f"error: SLURM job {job} (")
+    assert "left the queue without a result: cancelled (scancel)" in errors and "Traceback" not in errors
+    assert no_job_left(sweep)
+
+
 @pytest.fixture
 def composed():
     """compose(overrides) with the Hydra config set as in a job (${launcher_nodes:} reads the launcher's nodes),
