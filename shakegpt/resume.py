@@ -317,6 +317,10 @@ MAY_CHANGE = (
     "logger",
     "callbacks",
     "trainer.max_steps",
+    # The Trainer's class and its sanity check decide nothing since the evaluation before training is ours
+    # (evaluate_first); runs checkpointed before then recorded shakegpt's own Trainer and 200 sanity steps.
+    "trainer._target_",
+    "trainer.num_sanity_val_steps",
     "trainer.accelerator",
     "trainer.devices",
     "trainer.num_nodes",

@@ -24,3 +24,11 @@ def test_resume_false_true_a_path_or_a_requeue_decide_the_start(trained, tmp_pat
     # A requeued job continues its own folder, whatever it was started from.
     assert start_point(copy, str(folder), settings, requeued=True).checkpoint == copy / "checkpoints" / "last.ckpt"
     assert start_point(fresh, str(folder), settings, requeued=True).checkpoint == last
+
+
+def test_the_trainers_class_and_sanity_check_may_change_on_a_resume():
+    """Runs checkpointed before the evaluation before training was ours recorded shakegpt.resume.Trainer and
+    200 sanity steps; they resume on Lightning's Trainer with none."""
+    before = {"trainer": {"_target_": "shakegpt.resume.Trainer", "num_sanity_val_steps": 200, "max_steps": 9}}
+    now = {"trainer": {"_target_": "lightning.pytorch.Trainer", "num_sanity_val_steps": 0, "max_steps": 9}}
+    assert run_settings(before) == run_settings(now) == {}
