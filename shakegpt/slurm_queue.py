@@ -51,11 +51,8 @@ def queue() -> dict[str, tuple[str, str, str]] | None:
     )
     if listed.returncode != 0:
         return None
-    return {job: (state, reason, partition) for job, state, reason, partition in _rows(listed.stdout)}
-
-
-def _rows(text: str) -> list[list[str]]:
-    return [line.strip().split("|") for line in text.splitlines() if line.count("|") == 3]
+    rows = [line.strip().split("|") for line in listed.stdout.splitlines() if line.count("|") == 3]
+    return {job: (state, reason, partition) for job, state, reason, partition in rows}
 
 
 def largest_node(partition: str) -> str:
@@ -142,7 +139,7 @@ class WatchSlurmJobs(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: object) -> None:
         launcher = config.hydra.launcher
-        if "submitit_folder" not in launcher or not str(launcher.get("_target_", "")).endswith("SlurmLauncher"):
+        if not str(launcher.get("_target_", "")).endswith(".SlurmLauncher"):  # submitit's (local: LocalLauncher)
             return
         asked = ("cpus_per_task", "mem_gb", "gpus_per_node")
         request = ", ".join(f"{key}={launcher[key]}" for key in asked if launcher.get(key) is not None)

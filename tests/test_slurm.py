@@ -19,6 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 
 import shakegpt.launch  # noqa: F401  (the resolvers conf/ uses)
 from shakegpt.rundir import METRICS, read_metrics
+from shakegpt.slurm_queue import submitted_jobs
 
 from .conftest import ROOT, TINY, run_module
 from .test_scale import job_records, leftover_processes
@@ -68,9 +69,8 @@ def finished_jobs(jobcomp_log: Path, wanted: Callable[[dict[str, str]], bool], c
 
 
 def job_ids(sweep: Path) -> list[str]:
-    """The SLURM job ids of a sweep's jobs (<job>, or <array>_<index>), from the folders submitit keeps each
-    job's pickled call in (an array's own folder holds only its sbatch script)."""
-    return sorted(path.parent.name for path in (sweep / ".submitit").glob("*/*_submitted.pkl"))
+    """The SLURM job ids of a sweep's jobs (<job>, or <array>_<index>), as the sweep's watch finds them."""
+    return sorted(submitted_jobs(sweep / ".submitit"))
 
 
 def no_job_left(sweep: Path) -> bool:
