@@ -51,7 +51,7 @@ class Run:
         self.process = subprocess.Popen(
             command, cwd=folder.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         )
-        self.output = ""
+        self.output, self._seen = "", 0
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -60,11 +60,13 @@ class Run:
             self.output += chunk.decode(errors="replace")
 
     def wait_for(self, pattern: str, timeout: float = 120) -> None:
+        """Waits for pattern in the output printed since the previous wait's match (moments come in order)."""
         deadline = time.monotonic() + timeout
-        while not re.search(pattern, self.output):
+        while not (found := re.compile(pattern).search(self.output, self._seen)):
             assert self.process.poll() is None, f"ended before {pattern!r}:\n{self.output[-3000:]}"
             assert time.monotonic() < deadline, f"no {pattern!r} in time:\n{self.output[-3000:]}"
             time.sleep(0.02)
+        self._seen = found.end()
 
     def finish(self, timeout: float = 300) -> int:
         code = self.process.wait(timeout=timeout)
@@ -134,25 +136,30 @@ def uninterrupted(tmp_path_factory) -> dict[str, object]:
         ("Validation DataLoader 1:", signal.SIGINT),  # Ctrl-C in the val half of an evaluation
         ("Validation DataLoader 0:", signal.SIGTERM),  # SIGTERM in the train half
         (r"step 10: train loss", signal.SIGINT),  # Ctrl-C between evaluations, in the middle of a step
+        (None, signal.SIGTERM),  # between the evaluation before training and the first step, or in that step
     ],
-    ids=["sigint-val-split", "sigterm-train-split", "sigint-mid-interval"],
+    ids=["sigint-val-split", "sigterm-train-split", "sigint-mid-interval", "sigterm-before-training"],
 )
 def test_an_interrupted_run_resumes_to_the_uninterrupted_numbers(tmp_path, uninterrupted, moment, signum):
     folder = tmp_path / "run"
     run = Run(folder)
-    run.wait_for(r"step 0: train loss")  # past the first evaluation
-    run.wait_for(moment)
+    run.wait_for(r"step 0: train loss")  # past the evaluation before training
+    if moment is not None:
+        run.wait_for(r"Epoch 0:.* 1/30 ")  # training has begun: the moment is in the step-10 evaluation or later
+        run.wait_for(moment)
     run.process.send_signal(signum)
     code = run.finish()
 
     assert code == 128 + signum, run.output[-3000:]
-    stopped = re.search(r"\ninterrupted by (SIG\w+) at step (\d+); continue with: (.+)", run.output)
+    # Where training has not begun, the entry point's own handler ends the run: it knows no step.
+    stopped = re.search(r"\ninterrupted by (SIG\w+)(?: at step (\d+))?; continue with: (.+)", run.output)
     assert stopped, run.output[-3000:]
     assert stopped.group(1) == signal.Signals(signum).name
+    assert moment is None or stopped.group(2) is not None
     assert f"hydra.run.dir={folder} resume=true" in stopped.group(3)
     assert "Traceback" not in run.output
     record = json.loads((folder / "run.json").read_text())
-    assert record["status"] == "interrupted" and record["steps"] == int(stopped.group(2))
+    assert record["status"] == "interrupted" and record["steps"] == int(stopped.group(2) or 0)
 
     resume(folder)
     assert_same_outcome(folder, uninterrupted)
