@@ -4,13 +4,15 @@ PyTorch's CPU dropout draws its mask with `bernoulli_`, one float per element fr
 that was a third of a training step (scripts/profile_step.py, docs/performance.md), and
 `scaled_dot_product_attention` with dropout falls back to the same masked softmax written out. Here the mask
 takes 32 random bits per element from the same global generator (so seeding and resuming work as before),
-and attention keeps its scores in the CPU's cache by working through the batch a few sequences at a time.
+and attention computes only the causal (lower) part of its scores, keeping them in the CPU's cache by working
+through the batch a few sequences at a time.
 The arithmetic is the classic model's: the same dropout sites, probability and 1 / (1 - p) scaling.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -19,6 +21,8 @@ from shakegpt.compat import softmax_backward
 
 # Scores per chunk of the attention: 8 MB in bf16, which stays in cache through the passes over it.
 CHUNK_SCORES = 2**22
+# Queries per block of the causal attention: at time 256, 64 measured fastest (docs/performance.md).
+QUERY_BLOCK = 64
 
 
 def keep_mask(shape: torch.Size | tuple[int, ...], p: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -42,49 +46,77 @@ class CausalAttentionWithDropout(torch.autograd.Function):
     """softmax(q k^T / sqrt(d), causally masked), dropped out with probability p, times v, over
     (batch, head, time, channel) tensors of one window.
 
-    Both passes go a few sequences at a time (CHUNK_SCORES), so each chunk's scores stay in cache. For the
-    backward pass it keeps one tensor per chunk, in the inputs' dtype: the attention probabilities, negated
-    where dropped. Probabilities are never negative, so their magnitude and the mask both come back from it
-    exactly, in half the memory of keeping them apart. The 1 / sqrt(d) and 1 / (1 - p) scalings are applied
-    to q and v, which are 2 * time / channel times smaller than the scores.
+    Causal: the queries go QUERY_BLOCK at a time, each block against the keys up to its last query only, so
+    the scores, softmax and dropout masks of the upper triangle are skipped (at time 256, 62.5% of the full
+    square is computed), and only the diagonal blocks are masked. Both passes go a few sequences at a time
+    (CHUNK_SCORES), so each chunk's scores stay in cache. For the backward pass it keeps one tensor per block,
+    in the inputs' dtype: the attention probabilities, negated where dropped. Probabilities are never
+    negative, so their magnitude and the mask both come back from it exactly, in half the memory of keeping
+    them apart. The 1 / sqrt(d) and 1 / (1 - p) scalings are applied to q and v, which are 2 * time / channel
+    times smaller than the scores.
     """
 
     @staticmethod
     def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: float) -> torch.Tensor:
-        b, h, t, _ = q.shape
-        scaled_q, scaled_v = q * (1.0 / math.sqrt(q.size(-1))), v * (1.0 / (1.0 - p))
-        future = torch.full((t, t), float("-inf"), dtype=q.dtype, device=q.device).triu(1)
-        rows = max(1, CHUNK_SCORES // (h * t * t))
-        outputs, signed_probs = [], []
+        b, h, t, c = q.shape
+        # (sequence x head, time, channel), contiguous: batched matmuls copy inputs of any other layout.
+        scaled_q = (q * (1.0 / math.sqrt(c))).reshape(b * h, t, c)
+        k = k.reshape(b * h, t, c).contiguous()
+        scaled_v = (v * (1.0 / (1.0 - p))).reshape(b * h, t, c)
+        block = min(QUERY_BLOCK, t)
+        future = torch.full((block, block), float("-inf"), dtype=q.dtype, device=q.device).triu(1)
+        rows = max(1, CHUNK_SCORES // (t * t))
+        output = torch.empty_like(scaled_q)
+        signed_probs = []
         with torch.autocast(q.device.type, enabled=False):
-            for i in range(0, b, rows):
-                scores = scaled_q[i : i + rows] @ k[i : i + rows].transpose(-2, -1)
-                probs = scores.add_(future).softmax(dim=-1)
-                dropped = probs * keep_mask(probs.shape, p, q.dtype, q.device)
-                outputs.append(dropped @ scaled_v[i : i + rows])
-                # dropped - probs / 2 is +probs / 2 where kept and -probs / 2 where dropped, exactly.
-                signed_probs.append(torch.sub(dropped, probs, alpha=0.5).mul_(2.0))
+            for chunk in _chunks(b * h, rows):
+                for start, end, queries in _query_blocks(scaled_q[chunk], block):
+                    scores = torch.bmm(queries, k[chunk, :end].transpose(1, 2))
+                    scores[..., start:].add_(future[: end - start, : end - start])
+                    probs = scores.softmax(dim=-1)
+                    dropped = probs * keep_mask(probs.shape, p, q.dtype, q.device)
+                    torch.bmm(dropped, scaled_v[chunk, :end], out=output[chunk, start:end])
+                    # dropped - probs / 2 is +probs / 2 where kept and -probs / 2 where dropped, exactly.
+                    signed_probs.append(torch.sub(dropped, probs, alpha=0.5).mul_(2.0))
         ctx.save_for_backward(scaled_q, k, scaled_v, *signed_probs)
-        ctx.scales = (1.0 / math.sqrt(q.size(-1)), 1.0 / (1.0 - p))
-        ctx.rows = rows
-        return torch.cat(outputs)
+        ctx.scales = (1.0 / math.sqrt(c), 1.0 / (1.0 - p))
+        ctx.rows, ctx.block = rows, block
+        return output.view(b, h, t, c)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         scaled_q, k, scaled_v, *signed_probs = ctx.saved_tensors
-        grad_q, grad_k, grad_v = [], [], []
+        shape = grad.shape
+        grad = grad.to(scaled_q.dtype).reshape(scaled_q.shape)
+        grad_q = torch.empty_like(scaled_q)
+        grad_k, grad_v = torch.zeros_like(k), torch.zeros_like(scaled_v)
+        blocks = iter(signed_probs)
         with torch.autocast(grad.device.type, enabled=False):
-            for signed, i in zip(signed_probs, range(0, scaled_q.size(0), ctx.rows), strict=True):
-                rows = slice(i, i + ctx.rows)
-                chunk_grad = grad[rows].to(signed.dtype)
-                grad_v.append(signed.clamp(min=0.0).transpose(-2, -1) @ chunk_grad)
-                keep = torch.gt(signed, 0.0, out=torch.empty_like(signed))  # where a probability is 0, either will do
-                grad_probs = (chunk_grad @ scaled_v[rows].transpose(-2, -1)).mul_(keep)
-                grad_scores = softmax_backward(grad_probs, signed.abs(), -1, signed.dtype)
-                grad_q.append(grad_scores @ k[rows])
-                grad_k.append(grad_scores.transpose(-2, -1) @ scaled_q[rows])
+            for chunk in _chunks(scaled_q.size(0), ctx.rows):
+                queries_of = {start: queries for start, _, queries in _query_blocks(scaled_q[chunk], ctx.block)}
+                for start, end, chunk_grad in _query_blocks(grad[chunk], ctx.block):
+                    signed = next(blocks)
+                    grad_v[chunk, :end] += torch.bmm(signed.clamp(min=0.0).transpose(1, 2), chunk_grad)
+                    keep = torch.gt(
+                        signed, 0.0, out=torch.empty_like(signed)
+                    )  # where a probability is 0, either will do
+                    grad_probs = torch.bmm(chunk_grad, scaled_v[chunk, :end].transpose(1, 2)).mul_(keep)
+                    grad_scores = softmax_backward(grad_probs, signed.abs(), -1, signed.dtype)
+                    torch.bmm(grad_scores, k[chunk, :end], out=grad_q[chunk, start:end])
+                    grad_k[chunk, :end] += torch.bmm(grad_scores.transpose(1, 2), queries_of[start])
         q_scale, v_scale = ctx.scales
-        return torch.cat(grad_q) * q_scale, torch.cat(grad_k), torch.cat(grad_v) * v_scale, None
+        return grad_q.mul_(q_scale).view(shape), grad_k.view(shape), grad_v.mul_(v_scale).view(shape), None
+
+
+def _chunks(n: int, rows: int) -> Iterator[slice]:
+    return (slice(i, i + rows) for i in range(0, n, rows))
+
+
+def _query_blocks(x: torch.Tensor, block: int) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """(start, end, x[:, start:end] made contiguous) for each block of queries along x's time dimension."""
+    for start in range(0, x.size(1), block):
+        end = min(start + block, x.size(1))
+        yield start, end, x[:, start:end].contiguous()
 
 
 def causal_attention_with_dropout(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: float) -> torch.Tensor:

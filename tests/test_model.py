@@ -52,7 +52,9 @@ def test_impossible_configs_are_rejected(overrides, message):
         GPTConfig(**{"n_layer": 2, "n_head": 2, "n_embd": 32, **overrides})
 
 
-def test_cpu_attention_with_dropout_is_sdpa_where_nothing_is_dropped():
+@pytest.mark.parametrize("query_block", [64, 4], ids=["one-block", "blocks-of-4-and-a-partial-one"])
+def test_cpu_attention_with_dropout_is_sdpa_where_nothing_is_dropped(query_block, monkeypatch):
+    monkeypatch.setattr(cpu_kernels, "QUERY_BLOCK", query_block)
     q, k, v = (t.requires_grad_() for t in torch.randn(3, 2, 4, 10, 8, dtype=torch.float64).unbind(0))
     # p = 1e-12 drops nothing (32-bit thresholds) and scales by 1: the same function as SDPA, gradients too.
     ours = cpu_kernels.causal_attention_with_dropout(q, k, v, 1e-12)
@@ -67,6 +69,7 @@ def test_cpu_attention_with_dropout_is_sdpa_where_nothing_is_dropped():
 def test_cpu_attention_gradients_with_dropout_are_exact(monkeypatch):
     """The backward pass (recomputing the dropped probabilities, chunk by chunk) against finite differences."""
     monkeypatch.setattr(cpu_kernels, "CHUNK_SCORES", 2 * 3 * 6 * 6)  # two sequences per chunk, three chunks
+    monkeypatch.setattr(cpu_kernels, "QUERY_BLOCK", 4)  # queries in a block of 4 and one of 2
     q, k, v = (t.requires_grad_() for t in torch.randn(3, 5, 3, 6, 4, dtype=torch.float64).unbind(0))
 
     def attention(q, k, v):
@@ -254,7 +257,8 @@ def test_dropout_sits_where_the_classic_model_has_it(n_layer, n_head, monkeypatc
     ours_masks = fix_our_dropout(monkeypatch)
     loss, grads = loss_and_gradients(ours, idx, "32-true")
     assert classic_dropout.calls == n_layer * (n_head + 2)  # one per head's attention weights, then two
-    assert ours_masks == [(3, n_head, 16, 16), (3, 16, 32), (3, 16, 32)] * n_layer  # all heads at once
+    # All heads at once, in one block of queries (time 16 < QUERY_BLOCK)
+    assert ours_masks == [(3 * n_head, 16, 16), (3, 16, 32), (3, 16, 32)] * n_layer
     torch.testing.assert_close(loss, expected_loss, rtol=1e-5, atol=1e-5)
     for grad, expected in zip(grads, expected_grads, strict=True):
         torch.testing.assert_close(grad, expected, rtol=1e-4, atol=1e-6)
