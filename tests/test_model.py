@@ -56,7 +56,7 @@ def test_impossible_configs_are_rejected(overrides, message):
 def test_cpu_attention_with_dropout_is_sdpa_where_nothing_is_dropped(query_block, monkeypatch):
     monkeypatch.setattr(cpu_kernels, "QUERY_BLOCK", query_block)
     q, k, v = (t.requires_grad_() for t in torch.randn(3, 2, 4, 10, 8, dtype=torch.float64).unbind(0))
-    # p = 1e-12 drops nothing (32-bit thresholds) and scales by 1: the same function as SDPA, gradients too.
+    # p = 1e-12 drops nothing (16-bit thresholds) and scales by 1: the same function as SDPA, gradients too.
     ours = cpu_kernels.causal_attention_with_dropout(q, k, v, 1e-12)
     expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
     torch.testing.assert_close(ours, expected)
