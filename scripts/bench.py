@@ -10,7 +10,9 @@ Contenders, at the classic config (batch 64, block 256, n_embd 384, dropout 0.2,
   model      our GPT in a plain loop with the chosen hardware config's settings (precision, attention path);
   model_fp32 the same in fp32, where the hardware config trains in a mixed precision (is it worth it here?);
   lightning  the real path: our LightningModule, DataModule and Trainer, built as `python -m shakegpt.train`
-             builds them (progress bar, logger and callbacks included).
+             builds them (progress bar, logger and callbacks included);
+  gemms_only nothing but the matrix products of our model's linear layers, at its shapes and in the hardware
+             config's precision: the MFU this machine's matmuls allow these shapes, whatever else is done.
 Contenders alternate round by round; the table gives medians and the median of paired ratios.
 Generation, batch 1, from one token, fp32: recompute (the classic script's loop and model, in eval mode and
 without autograd, which is kinder to it than the script itself), model_recompute (our GPT, kv_cache=off: the
@@ -54,6 +56,7 @@ from shakegpt.training import build
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH, BLOCK, N_EMBD, DROPOUT, VOCAB = 64, 256, 384, 0.2, 65
+TRAINING_CONTENDERS = ["reference", "model", "model_fp32", "lightning", "gemms_only"]
 # Run folders and token files of this process, removed when it exits (a training contender's run folder holds
 # checkpoints: hundreds of MB per configuration).
 SCRATCH = tempfile.TemporaryDirectory(prefix="shakegpt-bench-")
@@ -121,6 +124,34 @@ def time_plain_eval(model: nn.Module, device, precision, n_batches: int) -> floa
     return time_tokens(step, device, n_batches)
 
 
+def linear_shapes(model: GPT) -> list[tuple[int, int]]:
+    """(in, out) of every linear layer of model, in the order a forward pass uses them."""
+    return [(m.in_features, m.out_features) for m in model.modules() if isinstance(m, nn.Linear)]
+
+
+def time_gemms_only(model: GPT, device, precision: str, backward: bool, n_batches: int) -> float:
+    """Tokens per second of a step that did nothing but its linear layers' matrix products (forward; with
+    backward, the input and weight gradients too) at the model's shapes, in the contender's precision: the
+    MFU no implementation of this model exceeds with this machine's matmuls at these shapes (attention's
+    products, counted in the FLOPs, come free here)."""
+    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision, torch.float32)
+    operands = {}  # one set per distinct shape: every layer of a kind has the same
+    for n_in, n_out in set(linear_shapes(model)):
+        x, grad, weight = (torch.randn(*shape, dtype=dtype, device=device) for shape in
+                           ((BATCH * BLOCK, n_in), (BATCH * BLOCK, n_out), (n_out, n_in)))  # fmt: skip
+        operands[n_in, n_out] = x, grad, weight
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
+        for shape in linear_shapes(model):
+            inputs, grad, weight = operands[shape]
+            inputs @ weight.t()
+            if backward:
+                grad @ weight
+                grad.t() @ inputs
+
+    return time_tokens(step, device, n_batches)
+
+
 def paired(samples: dict[str, list[float]], baseline: str) -> dict[str, tuple[float, float | None]]:
     """Per contender: the median, and the median of its round-by-round ratios to the baseline (if it ran)."""
     base = samples.get(baseline)
@@ -171,15 +202,33 @@ def time_lightning_training(hardware: str, n_layer: int, steps: int, overrides: 
     return steps * BATCH * BLOCK / (timer.end - timer.start)
 
 
+class EvalTimer(L.Callback):
+    """Times an evaluation's batches after its first (warm-up) one, through the end of its last split: what
+    each of a real evaluation's 2 x 200 batches costs, without the fixed costs of building the loaders and
+    recording the result, which 200 batches per split make small and a bench's few batches would magnify."""
+
+    def __init__(self) -> None:
+        self.batches, self.start, self.end = 0, 0.0, 0.0
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        if batch_idx == 1 and dataloader_idx == 0:
+            synchronize(pl_module.device)
+            self.start = time.perf_counter()
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self.batches += 1
+        synchronize(pl_module.device)
+        self.end = time.perf_counter()
+
+
 def time_lightning_eval(hardware: str, n_layer: int, n_batches: int, overrides: list[str]) -> float:
-    trainer, module, datamodule = build(config(hardware, n_layer, *overrides, *lightning_overrides(0, n_batches)))
+    """Tokens per second of an evaluation of n_batches per split, all but its first batch timed."""
+    timer = EvalTimer()
+    cfg = config(hardware, n_layer, *overrides, *lightning_overrides(0, n_batches))
+    trainer, module, datamodule = build(cfg, callbacks=[timer])
     with contextlib.redirect_stdout(sys.stderr):
-        trainer.validate(module, datamodule=datamodule, verbose=False)  # warm-up
-        synchronize(module.device)
-        start = time.perf_counter()
         trainer.validate(module, datamodule=datamodule, verbose=False)
-        synchronize(module.device)
-    return 2 * n_batches * BATCH * BLOCK / (time.perf_counter() - start)
+    return (timer.batches - 1) * BATCH * BLOCK / (timer.end - timer.start)
 
 
 def time_batch_gathering(contender: str, rounds: int = 50) -> float:
@@ -315,14 +364,16 @@ def bench_steps(args, n_layer: int, models, device, hw, fits, peaks: dict[str, f
             "reference": partial(time_plain_training, reference, device, "32-true", None, args.steps),
             "model": partial(time_plain_training, ours, device, hw.precision, hw.fused_optimizer, args.steps),
             "lightning": partial(time_lightning_training, args.hardware, n_layer, args.steps, args.overrides),
+            "gemms_only": partial(time_gemms_only, ours, device, hw.precision, True, args.steps),
         },
         "eval": {
             "reference": partial(time_plain_eval, reference, device, "32-true", args.eval_batches),
             "model": partial(time_plain_eval, ours, device, hw.precision, args.eval_batches),
-            # Lightning evaluates both splits: half the batches each, the same total.
+            # Lightning evaluates both splits: half the batches each, one more to warm up.
             "lightning": partial(
-                time_lightning_eval, args.hardware, n_layer, max(1, args.eval_batches // 2), args.overrides
+                time_lightning_eval, args.hardware, n_layer, args.eval_batches // 2 + 1, args.overrides
             ),
+            "gemms_only": partial(time_gemms_only, ours, device, hw.precision, False, args.eval_batches),
         },
     }
     if hw.precision != "32-true":  # is the mixed precision worth it on this machine?
@@ -334,6 +385,7 @@ def bench_steps(args, n_layer: int, models, device, hw, fits, peaks: dict[str, f
     for kind, contenders in kinds.items():
         if kind in args.skip:
             continue
+        contenders = {name: measure for name, measure in contenders.items() if name in args.contenders}
         row = {"kind": kind, "n_layer": n_layer}
         if kind == "train":  # one that does not fit would take the whole benchmark down with it
             for name in [name for name in contenders if not fits.get((name, n_layer), True)]:
@@ -406,6 +458,13 @@ def main() -> None:
     parser.add_argument("--eval-batches", type=int, default=4, help="timed eval batches per contender and round")
     parser.add_argument("--new-tokens", type=int, nargs="+", default=[255, 500], help="generation lengths")
     parser.add_argument("--hardware", default="cpu", help="the hardware config the contenders use")
+    parser.add_argument(
+        "--contenders",
+        nargs="+",
+        default=TRAINING_CONTENDERS,
+        choices=TRAINING_CONTENDERS,
+        help="the training and evaluation contenders to time (ratios need the reference)",
+    )
     parser.add_argument(
         "--skip", nargs="*", default=[], choices=["train", "eval", "generate", "memory", "gemm", "batch"]
     )

@@ -21,8 +21,8 @@ CONTENDERS = {
     "memory": {"reference", "model", "lightning"},
     "gemm": {"fp32", "bf16"},
     "batch": {"reference", "model"},
-    "train": {"reference", "model", "lightning"},
-    "eval": {"reference", "model", "lightning"},
+    "train": {"reference", "model", "lightning", "gemms_only"},
+    "eval": {"reference", "model", "lightning", "gemms_only"},
     "generate": {"recompute", "model_recompute", "kv_exact", "kv_fast"},
 }
 
