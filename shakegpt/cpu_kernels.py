@@ -61,7 +61,8 @@ class CausalAttentionWithDropout(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: float) -> torch.Tensor:
         b, h, t, c = q.shape
-        # (sequence x head, time, channel), contiguous: batched matmuls copy inputs of any other layout.
+        # (sequence x head, time, channel), contiguous: CPU batched matmuls copy operands whose matrices are not
+        # evenly spaced (as the key and value prefixes k[chunk, :end] are, still).
         scaled_q = (q * (1.0 / math.sqrt(c))).reshape(b * h, t, c)
         k = k.reshape(b * h, t, c).contiguous()
         scaled_v = (v * (1.0 / (1.0 - p))).reshape(b * h, t, c)
@@ -99,9 +100,8 @@ class CausalAttentionWithDropout(torch.autograd.Function):
                 for start, end, chunk_grad in _query_blocks(grad[chunk], ctx.block):
                     signed = next(blocks)
                     grad_v[chunk, :end] += torch.bmm(signed.clamp(min=0.0).transpose(1, 2), chunk_grad)
-                    keep = torch.gt(
-                        signed, 0.0, out=torch.empty_like(signed)
-                    )  # where a probability is 0, either will do
+                    # Where a probability is 0, kept or dropped give the same gradient.
+                    keep = torch.gt(signed, 0.0, out=torch.empty_like(signed))
                     grad_probs = torch.bmm(chunk_grad, scaled_v[chunk, :end].transpose(1, 2)).mul_(keep)
                     grad_scores = softmax_backward(grad_probs, signed.abs(), -1, signed.dtype)
                     torch.bmm(grad_scores, k[chunk, :end], out=grad_q[chunk, start:end])
