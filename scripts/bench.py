@@ -69,8 +69,12 @@ def config(hardware: str, n_layer: int, *overrides: str):
     return job_config([f"hardware={hardware}", f"model.n_layer={n_layer}", f"paths.output_dir={out}", *overrides])
 
 
+# The dtype a Lightning precision setting computes matmuls in (None: fp32, no autocast).
+MIXED_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+
+
 def autocast(device: torch.device, precision: str):
-    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+    dtype = MIXED_DTYPES.get(precision)
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
@@ -134,7 +138,7 @@ def time_gemms_only(model: GPT, device, precision: str, backward: bool, n_batche
     backward, the input and weight gradients too) at the model's shapes, in the contender's precision: the
     MFU no implementation of this model exceeds with this machine's matmuls at these shapes (attention's
     products, counted in the FLOPs, come free here)."""
-    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision, torch.float32)
+    dtype = MIXED_DTYPES.get(precision, torch.float32)
     operands = {}  # one set per distinct shape: every layer of a kind has the same
     for n_in, n_out in set(linear_shapes(model)):
         x, grad, weight = (torch.randn(*shape, dtype=dtype, device=device) for shape in
