@@ -49,7 +49,7 @@ from classic_gpt import ClassicConfig, ClassicGPT  # scripts/ is on sys.path whe
 
 from shakegpt.compose import job_config
 from shakegpt.data import RandomWindows
-from shakegpt.hardware import matmul_gflops, pick_device, synchronize
+from shakegpt.hardware import keep_freed_memory, matmul_gflops, pick_device, synchronize
 from shakegpt.model import GPT, GPTConfig
 from shakegpt.token_cache import TokenFile
 from shakegpt.training import build
@@ -284,6 +284,8 @@ def peak_memory_mb(contender: str, hardware: str, n_layer: int, overrides: list[
 def measure_memory(contender: str, hardware: str, n_layer: int, overrides: list[str]) -> float:
     cfg = config(hardware, n_layer, *overrides)
     device = device_of(cfg.hardware.accelerator)
+    if cfg.hardware.keep_freed_memory:  # as in the timed rounds
+        keep_freed_memory()
     if contender == "lightning":
         time_lightning_training(hardware, n_layer, 1, overrides)
     else:
@@ -484,6 +486,8 @@ def main() -> None:
     hw = config(args.hardware, 1, *args.overrides).hardware
     device = device_of(hw.accelerator)
     torch.set_float32_matmul_precision(hw.matmul_precision)
+    if hw.keep_freed_memory:  # process-wide, so every contender, the reference included, runs with it
+        keep_freed_memory()
     results: list[dict] = []
 
     def emit(row: dict) -> None:

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from shakegpt.callbacks import best_val_loss, log_hparams
 from shakegpt.checkpoint import check_resumable
 from shakegpt.errors import ShakeGPTError
-from shakegpt.hardware import check_accelerator
+from shakegpt.hardware import check_accelerator, keep_freed_memory
 from shakegpt.launch import restarted_by_slurm, save_run_config, wait_for_ranks
 from shakegpt.module import GPTModule
 from shakegpt.resume import (
@@ -118,6 +118,8 @@ def build(
     check_accelerator(cfg.hardware.accelerator)
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision(cfg.hardware.matmul_precision)
+    if cfg.hardware.keep_freed_memory:
+        keep_freed_memory()
 
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()

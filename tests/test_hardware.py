@@ -1,6 +1,11 @@
 """Where CUDA and MPS take another path than the CPU (docs/hardware.md), checked here on a CPU: what each hardware
 group selects, which device is picked, and what a checkpoint carries of each device's generator."""
 
+import json
+import resource
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -11,10 +16,10 @@ from shakegpt.resume import restore_rng_states, rng_states
 
 # docs/hardware.md's table, setting by setting.
 SELECTED = {
-    "auto": ("auto", "32-true", "highest", None, False),
-    "cpu": ("cpu", cpu_precision(), "highest", None, False),
-    "cuda": ("cuda", "bf16-mixed", "high", True, True),
-    "mps": ("mps", "32-true", "highest", None, False),
+    "auto": ("auto", "32-true", "highest", None, False, True),
+    "cpu": ("cpu", cpu_precision(), "highest", None, False, True),
+    "cuda": ("cuda", "bf16-mixed", "high", True, True, False),
+    "mps": ("mps", "32-true", "highest", None, False, False),
 }
 
 
@@ -22,7 +27,8 @@ SELECTED = {
 def test_each_hardware_group_selects_what_the_docs_say(hardware, tmp_path):
     cfg = job_config([f"hardware={hardware}", f"paths.output_dir={tmp_path}"])
     hw = cfg.hardware
-    assert (hw.accelerator, hw.precision, hw.matmul_precision, hw.fused_optimizer, hw.pin_memory) == SELECTED[hardware]
+    selected = (hw.accelerator, hw.precision, hw.matmul_precision, hw.fused_optimizer, hw.pin_memory)
+    assert (*selected, hw.keep_freed_memory) == SELECTED[hardware]
     # The trainer, the optimizer and the data loader take them from there, and nowhere else.
     assert (cfg.trainer.accelerator, cfg.trainer.precision) == (hw.accelerator, hw.precision)
     assert cfg.optimizer.fused == hw.fused_optimizer and cfg.data.pin_memory == hw.pin_memory
@@ -48,3 +54,33 @@ def test_checkpoints_carry_the_generator_of_each_device_present_and_restore_its_
     first = torch.rand(3)
     restore_rng_states(states)
     assert torch.equal(torch.rand(3), first)
+
+
+FAULTS_OF_FRESH_TENSORS = """
+import json, resource, torch
+from shakegpt.hardware import keep_freed_memory
+
+def page_faults_of_a_fresh_64_mb_tensor():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    torch.ones(2**24)  # written once, freed at once
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+default = [page_faults_of_a_fresh_64_mb_tensor() for _ in range(6)]
+took = keep_freed_memory()
+kept = [page_faults_of_a_fresh_64_mb_tensor() for _ in range(10)]
+print(json.dumps({"default": default, "took": took, "kept": kept}))
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="mallopt is glibc's")
+def test_keep_freed_memory_stops_large_tensors_from_faulting_in_again():
+    # A process of its own: the allocator's settings are process-wide, and another test's allocations would
+    # move the heap.
+    proc = subprocess.run([sys.executable, "-c", FAULTS_OF_FRESH_TENSORS], capture_output=True, text=True, check=True)
+    faults = json.loads(proc.stdout)
+    page_faults = 2**26 // resource.getpagesize()
+    # By default glibc maps every such block afresh: each of its pages faults in, each time.
+    assert min(faults["default"]) >= 0.9 * page_faults
+    # Kept: once the heap has grown to hold it, the same block is handed out again, already in memory.
+    assert faults["took"] is True
+    assert max(faults["kept"][-3:]) < 0.01 * page_faults, faults["kept"]
