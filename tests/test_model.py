@@ -8,6 +8,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from shakegpt import cpu_kernels
+from shakegpt import model as model_module
 from shakegpt.errors import ShakeGPTError
 from shakegpt.model import GPT, GPTConfig
 
@@ -63,6 +64,30 @@ def test_cpu_attention_with_dropout_is_sdpa_where_nothing_is_dropped(query_block
     grads, expected_grads = (torch.autograd.grad(out.sum(), (q, k, v)) for out in (ours, expected))
     for grad, expected_grad in zip(grads, expected_grads, strict=True):
         torch.testing.assert_close(grad, expected_grad)
+
+
+@pytest.mark.parametrize("query_block", [64, 4], ids=["one-block", "blocks-of-4-and-a-partial-one"])
+def test_cpu_attention_without_dropout_is_sdpa(query_block, monkeypatch):
+    monkeypatch.setattr(cpu_kernels, "QUERY_BLOCK", query_block)
+    monkeypatch.setattr(cpu_kernels, "CHUNK_SCORES", 3 * 10 * 10)  # three sequences x heads per chunk, three chunks
+    q, k, v = torch.randn(3, 2, 4, 10, 8, dtype=torch.float64).unbind(0)
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    torch.testing.assert_close(cpu_kernels.causal_attention_without_dropout(q, k, v), expected)
+
+
+def test_evaluation_on_cpu_takes_the_kernel_without_dropout_and_gives_sdpas_logits(monkeypatch):
+    model = tiny().eval()
+    idx = torch.randint(65, (3, 16))
+    calls = []
+    kernel = model_module.causal_attention_without_dropout
+    monkeypatch.setattr(model_module, "causal_attention_without_dropout", lambda *qkv: calls.append(1) or kernel(*qkv))
+    with torch.no_grad():
+        ours, _ = model(idx)
+    assert len(calls) == model.config.n_layer
+    with torch.enable_grad():  # where a gradient may be needed: SDPA
+        expected, _ = model(idx)
+    assert len(calls) == model.config.n_layer
+    torch.testing.assert_close(ours, expected)
 
 
 @pytest.mark.slow  # a float64 gradcheck across chunks: tens of seconds on 2 cores
