@@ -15,7 +15,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from shakegpt.cpu_kernels import causal_attention_with_dropout, causal_attention_without_dropout, dropout
+from shakegpt.cpu_kernels import (
+    can_fuse_linear_relu,
+    causal_attention_with_dropout,
+    causal_attention_without_dropout,
+    dropout,
+    linear_relu,
+)
 from shakegpt.errors import ShakeGPTError
 
 KVCacheMode = Literal["exact", "fast", "off"]
@@ -70,6 +76,27 @@ class Dropout(nn.Dropout):
         return super().forward(x)
 
 
+class MLP(nn.Sequential):
+    """The 4x ReLU MLP and its dropout. On the CPU, the first layer and its ReLU are one oneDNN product
+    (shakegpt.cpu_kernels.linear_relu); a Sequential, so that its parameters keep their names (mlp.0, mlp.2)."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__(
+            nn.Linear(config.n_embd, 4 * config.n_embd),
+            nn.ReLU(),
+            nn.Linear(4 * config.n_embd, config.n_embd),
+            Dropout(config.dropout),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fc, relu, proj, drop = self
+        device = x.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+        if device == "cpu" and can_fuse_linear_relu(dtype):
+            return drop(proj(linear_relu(x, fc.weight, fc.bias)))
+        return drop(proj(relu(fc(x))))
+
+
 class LayerCache:
     """The keys and values one attention layer has seen so far during generation, in a buffer allocated once
     for the whole window, so a step writes one position instead of copying the cache."""
@@ -114,12 +141,7 @@ class Block(nn.Module):
         self.ln_1 = nn.LayerNorm(config.n_embd)
         self.attn = CausalSelfAttention(config)
         self.ln_2 = nn.LayerNorm(config.n_embd)
-        self.mlp = nn.Sequential(
-            nn.Linear(config.n_embd, 4 * config.n_embd),
-            nn.ReLU(),
-            nn.Linear(4 * config.n_embd, config.n_embd),
-            Dropout(config.dropout),
-        )
+        self.mlp = MLP(config)
 
     def forward(self, x: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), cache)

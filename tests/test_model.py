@@ -104,6 +104,44 @@ def test_cpu_attention_gradients_with_dropout_are_exact(monkeypatch):
     assert torch.autograd.gradcheck(attention, (q, k, v))
 
 
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_fused_linear_relu_is_linear_then_relu_gradients_too(precision):
+    bf16 = precision == "bf16-mixed"
+    if not cpu_kernels.can_fuse_linear_relu(torch.bfloat16 if bf16 else torch.float32):
+        pytest.skip("oneDNN does not multiply this dtype in this PyTorch or on this CPU")
+    torch.manual_seed(0)
+    x, weight, bias = (torch.randn(shape, requires_grad=True) for shape in ((3, 5, 8), (16, 8), (16,)))
+    upstream = torch.randn(3, 5, 16)
+    results = []
+    for layer in (cpu_kernels.linear_relu, lambda *args: torch.relu(torch.nn.functional.linear(*args))):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            output = layer(x, weight, bias)
+        results.append((output, torch.autograd.grad((output.float() * upstream).sum(), (x, weight, bias))))
+    (fused, fused_grads), (expected, expected_grads) = results
+    assert fused.dtype == expected.dtype == (torch.bfloat16 if bf16 else torch.float32)
+    assert 0 < torch.count_nonzero(expected) < expected.numel()  # the ReLU cuts some and keeps some
+    torch.testing.assert_close(fused, expected)
+    for grad, expected_grad in zip(fused_grads, expected_grads, strict=True):
+        torch.testing.assert_close(grad, expected_grad, rtol=1e-2 if bf16 else 1e-5, atol=1e-2 if bf16 else 1e-6)
+
+
+def test_the_mlp_on_cpu_takes_the_fused_first_layer_where_onednn_multiplies_the_dtype(monkeypatch):
+    if not cpu_kernels.can_fuse_linear_relu(torch.float32):
+        pytest.skip("this PyTorch has no oneDNN")
+    model = tiny().eval()
+    idx = torch.randint(65, (3, 16))
+    dtypes = []
+    fused = model_module.linear_relu
+    monkeypatch.setattr(model_module, "linear_relu", lambda x, *args: dtypes.append(x.dtype) or fused(x, *args))
+    ours, _ = model(idx)
+    assert dtypes == [torch.float32] * model.config.n_layer
+    model.double()(idx)  # oneDNN has no float64 product: linear then relu
+    assert len(dtypes) == model.config.n_layer
+    monkeypatch.setattr(model_module, "can_fuse_linear_relu", lambda dtype: False)
+    expected, _ = model.float()(idx)
+    torch.testing.assert_close(ours, expected)
+
+
 def test_keep_mask_drops_with_probability_p_from_the_global_generator():
     torch.manual_seed(0)
     keep = cpu_kernels.keep_mask((4, 1000, 1000), 0.2, torch.bfloat16, torch.device("cpu"))
