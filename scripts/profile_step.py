@@ -42,7 +42,6 @@ UPDATE_MARK = "shakegpt: optimizer update starts"
 OPERATOR_RULES = (
     ("aten::random_", "dropout"),  # drawing masks (shakegpt.cpu_kernels.keep_mask)
     ("aten::ge", "dropout"),
-    ("aten::gt", "dropout"),
     ("bernoulli", "dropout"),  # PyTorch's own dropout, on other devices
     ("causalattentionwithdropout", "attention elementwise"),  # the CPU kernel's own passes
     ("dropout", "dropout"),

@@ -53,11 +53,11 @@ class CausalAttentionWithDropout(torch.autograd.Function):
     Causal: the queries go QUERY_BLOCK at a time, each block against the keys up to its last query only, so
     the scores, softmax and dropout masks of the upper triangle are skipped (at time 256, 62.5% of the full
     square is computed), and only the diagonal blocks are masked. Both passes go a few sequences at a time
-    (CHUNK_SCORES), so each chunk's scores stay in cache. For the backward pass it keeps one tensor per block,
-    in the inputs' dtype: the attention probabilities, negated where dropped. Probabilities are never
-    negative, so their magnitude and the mask both come back from it exactly, in half the memory of keeping
-    them apart. The 1 / sqrt(d) and 1 / (1 - p) scalings are applied to q and v, which are 2 * time / channel
-    times smaller than the scores.
+    (CHUNK_SCORES), so each chunk's scores stay in cache. For the backward pass it keeps each block's attention
+    probabilities and keep mask, in the inputs' dtype (keeping instead one tensor, the probabilities negated
+    where dropped, took four more passes over the scores per block, for 4% less peak memory at n_layer 12:
+    docs/performance.md). The 1 / sqrt(d) and 1 / (1 - p) scalings are applied to q and v, which are
+    2 * time / channel times smaller than the scores.
     """
 
     @staticmethod
@@ -66,36 +66,33 @@ class CausalAttentionWithDropout(torch.autograd.Function):
         scaled_q, k, scaled_v = _matrices(q * (1.0 / math.sqrt(c)), k, v * (1.0 / (1.0 - p)))
         block, rows = _blocking(t)
         output = torch.empty_like(scaled_q)
-        signed_probs = []
+        probs_and_masks = []
         with torch.autocast(q.device.type, enabled=False):
             for chunk, start, end, probs in _causal_probs(scaled_q, k, block, rows):
-                dropped = probs * keep_mask(probs.shape, p, q.dtype, q.device)
-                torch.bmm(dropped, scaled_v[chunk, :end], out=output[chunk, start:end])
-                # dropped - probs / 2 is +probs / 2 where kept and -probs / 2 where dropped, exactly.
-                signed_probs.append(torch.sub(dropped, probs, alpha=0.5).mul_(2.0))
-        ctx.save_for_backward(scaled_q, k, scaled_v, *signed_probs)
+                keep = keep_mask(probs.shape, p, q.dtype, q.device)
+                torch.bmm(probs * keep, scaled_v[chunk, :end], out=output[chunk, start:end])
+                probs_and_masks += [probs, keep]
+        ctx.save_for_backward(scaled_q, k, scaled_v, *probs_and_masks)
         ctx.scales = (1.0 / math.sqrt(c), 1.0 / (1.0 - p))
         ctx.rows, ctx.block = rows, block
         return output.view(b, h, t, c)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        scaled_q, k, scaled_v, *signed_probs = ctx.saved_tensors
+        scaled_q, k, scaled_v, *probs_and_masks = ctx.saved_tensors
         shape = grad.shape
         grad = grad.to(scaled_q.dtype).reshape(scaled_q.shape)
         grad_q = torch.empty_like(scaled_q)
         grad_k, grad_v = torch.zeros_like(k), torch.zeros_like(scaled_v)
-        blocks = iter(signed_probs)
+        blocks = iter(probs_and_masks)
         with torch.autocast(grad.device.type, enabled=False):
             for chunk in _chunks(scaled_q.size(0), ctx.rows):
                 queries_of = {start: queries for start, _, queries in _query_blocks(scaled_q[chunk], ctx.block)}
                 for start, end, chunk_grad in _query_blocks(grad[chunk], ctx.block):
-                    signed = next(blocks)
-                    grad_v[chunk, :end] += torch.bmm(signed.clamp(min=0.0).transpose(1, 2), chunk_grad)
-                    # Where a probability is 0, kept or dropped give the same gradient.
-                    keep = torch.gt(signed, 0.0, out=torch.empty_like(signed))
+                    probs, keep = next(blocks), next(blocks)
+                    grad_v[chunk, :end] += torch.bmm((probs * keep).transpose(1, 2), chunk_grad)
                     grad_probs = torch.bmm(chunk_grad, scaled_v[chunk, :end].transpose(1, 2)).mul_(keep)
-                    grad_scores = softmax_backward(grad_probs, signed.abs(), -1, signed.dtype)
+                    grad_scores = softmax_backward(grad_probs, probs, -1, probs.dtype)
                     torch.bmm(grad_scores, k[chunk, :end], out=grad_q[chunk, start:end])
                     grad_k[chunk, :end] += torch.bmm(grad_scores.transpose(1, 2), queries_of[start])
         q_scale, v_scale = ctx.scales
