@@ -55,9 +55,9 @@ class CausalAttentionWithDropout(torch.autograd.Function):
     square is computed), and only the diagonal blocks are masked. Both passes go a few sequences at a time
     (CHUNK_SCORES), so each chunk's scores stay in cache. For the backward pass it keeps each block's attention
     probabilities and keep mask, in the inputs' dtype (keeping instead one tensor, the probabilities negated
-    where dropped, took four more passes over the scores per block, for 4% less peak memory at n_layer 12:
-    docs/performance.md). The 1 / sqrt(d) and 1 / (1 - p) scalings are applied to q and v, which are
-    2 * time / channel times smaller than the scores.
+    where dropped, took four more passes over the scores per block to save memory: at n_layer 12 a training
+    step's peak went from 0.29x the classic model's to 0.34x, docs/performance.md). The 1 / sqrt(d) and
+    1 / (1 - p) scalings are applied to q and v, which are 2 * time / channel times smaller than the scores.
     """
 
     @staticmethod

@@ -90,9 +90,9 @@ class MLP(nn.Sequential):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         fc, relu, proj, drop = self
-        device = x.device.type
-        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
-        if device == "cpu" and can_fuse_linear_relu(dtype):
+        on_cpu = x.device.type == "cpu"
+        dtype = torch.get_autocast_dtype("cpu") if on_cpu and torch.is_autocast_enabled("cpu") else x.dtype
+        if on_cpu and can_fuse_linear_relu(dtype):
             return drop(proj(linear_relu(x, fc.weight, fc.bias)))
         return drop(proj(relu(fc(x))))
 
