@@ -90,7 +90,9 @@ class MLP(nn.Sequential):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         fc, relu, proj, drop = self
-        on_cpu = x.device.type == "cpu"
+        # Compiled, Inductor fuses the bias and the ReLU itself (and cannot lower oneDNN's op with weights that
+        # train).
+        on_cpu = x.device.type == "cpu" and not torch.compiler.is_compiling()
         dtype = torch.get_autocast_dtype("cpu") if on_cpu and torch.is_autocast_enabled("cpu") else x.dtype
         if on_cpu and can_fuse_linear_relu(dtype):
             return drop(proj(linear_relu(x, fc.weight, fc.bias)))

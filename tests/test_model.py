@@ -211,6 +211,23 @@ def test_compiling_in_place_keeps_checkpoint_keys():
     assert not any("_orig_mod" in key for key in keys)
 
 
+@pytest.mark.slow  # Inductor compiles C++ for the CPU: about half a minute on 2 cores
+def test_a_compiled_model_trains_and_evaluates_on_cpu_as_eager_does():
+    """hardware.compile=true on the CPU: the CPU-only paths (the fused MLP layer, the attention kernels) compile
+    or step aside, and the compiled model computes the eager one's logits."""
+    model = tiny()
+    idx = torch.randint(65, (3, 16))
+    with torch.no_grad():
+        expected, _ = model.eval()(idx)
+    model.train().compile()
+    _, loss = model(idx, idx)
+    loss.backward()
+    assert model.blocks[0].mlp[0].weight.grad.norm() > 0
+    with torch.no_grad():
+        compiled, _ = model.eval()(idx)
+    torch.testing.assert_close(compiled, expected)
+
+
 def classic_gpt_module():
     """scripts/classic_gpt.py, the classic script's model, loaded by path (scripts/ is not a package)."""
     path = Path(__file__).resolve().parents[1] / "scripts" / "classic_gpt.py"
