@@ -21,6 +21,7 @@ from shakegpt.cpu_kernels import (
     causal_attention_without_dropout,
     dropout,
     linear_relu,
+    product_dtype,
 )
 from shakegpt.errors import ShakeGPTError
 
@@ -92,9 +93,7 @@ class MLP(nn.Sequential):
         fc, relu, proj, drop = self
         # Compiled, Inductor fuses the bias and the ReLU itself (and cannot lower oneDNN's op with weights that
         # train).
-        on_cpu = x.device.type == "cpu" and not torch.compiler.is_compiling()
-        dtype = torch.get_autocast_dtype("cpu") if on_cpu and torch.is_autocast_enabled("cpu") else x.dtype
-        if on_cpu and can_fuse_linear_relu(dtype):
+        if x.device.type == "cpu" and not torch.compiler.is_compiling() and can_fuse_linear_relu(product_dtype(x)):
             return drop(proj(linear_relu(x, fc.weight, fc.bias)))
         return drop(proj(relu(fc(x))))
 
