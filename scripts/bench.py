@@ -21,7 +21,8 @@ Batches: the classic per-row slicing and stacking against RandomWindows' reads b
 MFU = tokens/s x FLOPs per token / the GEMM peak of the contender's precision, with nanoGPT's FLOPs per
 token: 6N + 12 L T C for a training step, a third of that for a forward pass. The peak (a square matmul) is
 measured at the start and before every round, and each row's MFU takes the best so far (its peak_gflops);
-the gemm rows, last, give the best of all.
+the gemm rows, last, give the best of all and the slowest. Where those differ by more than a quarter, the
+machine's own speed moved during the run, and the table says so: MFUs of rows then do not compare.
 Peak memory: each training contender alone in a fresh process for two steps: the process's peak resident
 memory (ru_maxrss, imports included), or CUDA's peak allocation.
 """
@@ -348,14 +349,25 @@ def bench_memory(args, emit: Emit) -> dict[tuple[str, int], bool]:
     return fits
 
 
-def bench_gemm(device: torch.device, peaks: dict[str, float]) -> None:
-    """Raises each precision's GEMM peak in peaks (GFLOP/s: the denominators of MFU) to what one more
-    measurement reaches. Measured again before every round of training and evaluation, and the best kept: a
-    single measurement that a burst of other work slowed (once, at the start, to half this machine's speed)
-    would inflate every MFU."""
+# Best over slowest GEMM measurement above which a run's MFUs are flagged as taken at different speeds.
+SPEED_MOVED = 1.25
+
+
+def bench_gemm(device: torch.device, peaks: dict[str, list[float]]) -> None:
+    """Adds one more measurement of each precision's GEMM peak (GFLOP/s) to peaks. Measured again before every
+    round of training and evaluation, and MFU taken against the best so far: a single measurement that a burst
+    of other work slowed (once, at the start, to half this machine's speed) would inflate every MFU. The slowest
+    is kept too: on some machines the matmuls' own speed moves (machine D of docs/performance.md: 2048-square
+    bf16 products at 620-730 or 1,600-1,900 GFLOP/s, switching every few seconds)."""
     size = 8192 if device.type == "cuda" else 2048
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        peaks[name] = max(peaks.get(name, 0.0), matmul_gflops(dtype, size, repeats=10, device=device))
+        peaks.setdefault(name, []).append(matmul_gflops(dtype, size, repeats=10, device=device))
+
+
+def best_peak(peaks: dict[str, list[float]], precision: str) -> float | None:
+    """The best GEMM peak measured so far for a Lightning precision ("32-true", "bf16-mixed", ...), if any."""
+    measured = peaks.get("bf16" if "bf16" in precision else "fp32")
+    return max(measured) if measured else None
 
 
 def bench_batches(args, emit: Emit) -> None:
@@ -365,7 +377,7 @@ def bench_batches(args, emit: Emit) -> None:
               "ratio_vs_reference": round(ratio, 2)})  # fmt: skip
 
 
-def bench_steps(args, n_layer: int, models, device, hw, fits, peaks: dict[str, float], emit: Emit) -> None:
+def bench_steps(args, n_layer: int, models, device, hw, fits, peaks: dict[str, list[float]], emit: Emit) -> None:
     """Training and evaluation throughput and MFU of each contender at n_layer, alternated round by round."""
     reference, ours = models
     train_flops = flops_per_token(ours.num_parameters(), n_layer)
@@ -391,7 +403,6 @@ def bench_steps(args, n_layer: int, models, device, hw, fits, peaks: dict[str, f
             time_plain_training, ours, device, "32-true", hw.fused_optimizer, args.steps
         )
         kinds["eval"]["model_fp32"] = partial(time_plain_eval, ours, device, "32-true", args.eval_batches)
-    ours_peak = peaks.get("bf16" if "bf16" in hw.precision else "fp32")
     for kind, contenders in kinds.items():
         if kind in args.skip:
             continue
@@ -414,7 +425,7 @@ def bench_steps(args, n_layer: int, models, device, hw, fits, peaks: dict[str, f
                 free()
         flops = train_flops if kind == "train" else train_flops / 3
         for name, (tokens_per_s, ratio) in paired(samples, "reference").items():
-            peak = peaks.get("fp32") if name in ("reference", "model_fp32") else ours_peak
+            peak = best_peak(peaks, "32-true" if name in ("reference", "model_fp32") else hw.precision)
             emit(
                 {
                     "kind": kind,
@@ -504,7 +515,7 @@ def main() -> None:
     # fit in memory (the reference at n_layer 12 on a 24 GB machine) is left out of the training rounds,
     # where it would take the whole benchmark down with it.
     fits = bench_memory(args, emit) if "memory" not in args.skip else {}
-    peaks: dict[str, float] = {}
+    peaks: dict[str, list[float]] = {}
     if "gemm" not in args.skip:
         bench_gemm(device, peaks)
     if "batch" not in args.skip:
@@ -517,8 +528,9 @@ def main() -> None:
             bench_generation(args, n_layer, models, device, emit)
         del models
         free()
-    for name, gflops in peaks.items():  # the best of every measurement, each row's MFU against the best before it
-        emit({"kind": "gemm", "contender": name, "n_layer": None, "gflops": round(gflops, 1)})
+    for name, measured in peaks.items():  # each row's MFU is against the best measured before it
+        emit({"kind": "gemm", "contender": name, "n_layer": None, "gflops": round(max(measured), 1),
+              "slowest_gflops": round(min(measured), 1), "measurements": len(measured)})  # fmt: skip
 
     if not args.json:
         print_table(results, args, device)
@@ -529,7 +541,8 @@ def print_table(results: list[dict], args, device) -> None:
     print(f"{'kind':<9}{'contender':<16}{'n_layer':>8}{'extra':>8}{'tokens/s':>12}{'x ref':>8}{'MFU':>7}{'peak MB':>9}")
     for row in results:
         if row["kind"] == "gemm":
-            print(f"{'gemm':<9}{row['contender']:<16}{'':>8}{'':>8}{row['gflops']:>10.1f} GFLOP/s")
+            spread = f"best of {row['measurements']}, the slowest {row['slowest_gflops']:.1f}"
+            print(f"{'gemm':<9}{row['contender']:<16}{'':>8}{'':>8}{row['gflops']:>10.1f} GFLOP/s ({spread})")
             continue
         if row["kind"] == "batch":
             ratio = row["ratio_vs_reference"]
@@ -549,6 +562,13 @@ def print_table(results: list[dict], args, device) -> None:
         print(
             f"{row['kind']:<9}{row['contender']:<16}{row['n_layer']:>8}{extra:>8}{tps:>12}{ratio:>8}{mfu:>7}{peak:>9}"
         )
+    for row in results:
+        if row["kind"] == "gemm" and row["gflops"] > SPEED_MOVED * row["slowest_gflops"]:
+            print(
+                f"note: {row['contender']} products ran at {row['slowest_gflops']:,.0f} to {row['gflops']:,.0f} "
+                "GFLOP/s in this run: the machine's speed moved, so the rows' MFUs do not compare (each is against "
+                "the best peak measured before it); the ratios between contenders, measured round by round, do"
+            )
 
 
 if __name__ == "__main__":

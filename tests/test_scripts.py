@@ -1,5 +1,7 @@
 """The scripts a user or a reader of docs/ runs, each run at a tiny size: what they print and what they write."""
 
+import argparse
+import importlib
 import json
 import os
 import shutil
@@ -9,6 +11,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+import torch
 
 from shakegpt.hardware import cpu_precision
 
@@ -50,6 +53,21 @@ def test_bench_reports_a_crashing_contender_as_a_crash_and_measures_the_others()
     assert "\n" not in train["error"] and "profiler" in train["error"]
     for name in ("reference", "model"):
         assert rows["memory", name]["peak_mb"] > 0 and rows["train", name]["tokens_per_s"] > 0
+
+
+def test_bench_table_says_when_the_machines_matmul_speed_moved(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    bench = importlib.import_module("bench")
+    gemm = {"kind": "gemm", "n_layer": None, "measurements": 5}
+    rows = [
+        {**gemm, "contender": "fp32", "gflops": 250.0, "slowest_gflops": 240.0},
+        {**gemm, "contender": "bf16", "gflops": 1900.0, "slowest_gflops": 650.0},
+    ]
+    bench.print_table(rows, argparse.Namespace(hardware="cpu", rounds=3), torch.device("cpu"))
+    out = capsys.readouterr().out
+    assert "1900.0 GFLOP/s (best of 5, the slowest 650.0)" in out
+    [note] = [line for line in out.splitlines() if line.startswith("note:")]
+    assert note.startswith("note: bf16 products ran at 650 to 1,900 GFLOP/s in this run")
 
 
 def test_profile_step_accounts_for_a_real_training_step():
@@ -99,6 +117,8 @@ def test_gpu_check_bench_measures_every_contender_and_kind(gpu_check):
     for row in plain:
         figure = {"memory": "peak_mb", "gemm": "gflops", "batch": "windows_per_s"}.get(row["kind"], "tokens_per_s")
         assert row[figure] > 0, row
+    for row in (row for row in plain if row["kind"] == "gemm"):  # at the start and before each round
+        assert row["measurements"] >= 3 and 0 < row["slowest_gflops"] <= row["gflops"], row
     compiled = [row for row in rows if row["overrides"] == ["hardware.compile=true"]]
     assert {row["contender"] for row in compiled if row["kind"] == "train"} == expected["train"]
 
