@@ -27,6 +27,10 @@ from shakegpt.compat import softmax_backward
 CHUNK_SCORES = 2**22
 # Queries per block of the causal attention: at time 256, 64 measured fastest (docs/performance.md).
 QUERY_BLOCK = 64
+# Rows from which the MLP's first layer is one oneDNN product: with fewer (a sampling step's one row), oneDNN's
+# fp32 product ran 1.1-3x slower than F.linear then relu, and with 256 (a window) or more 1.6-1.9x faster
+# (machine D, docs/performance.md).
+FUSED_MIN_ROWS = 256
 
 
 def keep_mask(shape: torch.Size | tuple[int, ...], p: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -161,10 +165,11 @@ def product_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
 
 
-def can_fuse_linear_relu(dtype: torch.dtype) -> bool:
-    """Whether linear_relu runs on the CPU in dtype: oneDNN is in this PyTorch and not switched off, and multiplies
-    dtype (float32, or bfloat16 where the CPU has the instructions)."""
-    if not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
+def can_fuse_linear_relu(dtype: torch.dtype, rows: int) -> bool:
+    """Whether linear_relu is the faster way to a CPU layer's relu(x weight^T + bias), for x of rows rows in
+    dtype: oneDNN is in this PyTorch and not switched off, multiplies dtype (float32, or bfloat16 where the CPU
+    has the instructions), and x has at least FUSED_MIN_ROWS rows."""
+    if rows < FUSED_MIN_ROWS or not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
         return False
     return dtype == torch.float32 or (dtype == torch.bfloat16 and _onednn_multiplies_bf16())
 

@@ -107,7 +107,7 @@ def test_cpu_attention_gradients_with_dropout_are_exact(monkeypatch):
 @pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
 def test_fused_linear_relu_is_linear_then_relu_gradients_too(precision):
     bf16 = precision == "bf16-mixed"
-    if not cpu_kernels.can_fuse_linear_relu(torch.bfloat16 if bf16 else torch.float32):
+    if not cpu_kernels.can_fuse_linear_relu(torch.bfloat16 if bf16 else torch.float32, cpu_kernels.FUSED_MIN_ROWS):
         pytest.skip("oneDNN does not multiply this dtype in this PyTorch or on this CPU")
     torch.manual_seed(0)
     x, weight, bias = (torch.randn(shape, requires_grad=True) for shape in ((3, 5, 8), (16, 8), (16,)))
@@ -125,19 +125,22 @@ def test_fused_linear_relu_is_linear_then_relu_gradients_too(precision):
         torch.testing.assert_close(grad, expected_grad, rtol=1e-2 if bf16 else 1e-5, atol=1e-2 if bf16 else 1e-6)
 
 
-def test_the_mlp_on_cpu_takes_the_fused_first_layer_where_onednn_multiplies_the_dtype(monkeypatch):
-    if not cpu_kernels.can_fuse_linear_relu(torch.float32):
+def test_the_mlp_on_cpu_takes_the_fused_first_layer_where_onednn_multiplies_the_dtype_and_rows_are_many(
+    monkeypatch,
+):
+    if not cpu_kernels.can_fuse_linear_relu(torch.float32, cpu_kernels.FUSED_MIN_ROWS):
         pytest.skip("this PyTorch has no oneDNN")
     model = tiny().eval()
-    idx = torch.randint(65, (3, 16))
+    idx = torch.randint(65, (cpu_kernels.FUSED_MIN_ROWS // 16, 16))
     dtypes = []
     fused = model_module.linear_relu
     monkeypatch.setattr(model_module, "linear_relu", lambda x, *args: dtypes.append(x.dtype) or fused(x, *args))
     ours, _ = model(idx)
     assert dtypes == [torch.float32] * model.config.n_layer
+    model(idx[:1, :5])  # a sampling step's few rows: linear then relu, faster there
     model.double()(idx)  # oneDNN has no float64 product: linear then relu
     assert len(dtypes) == model.config.n_layer
-    monkeypatch.setattr(model_module, "can_fuse_linear_relu", lambda dtype: False)
+    monkeypatch.setattr(model_module, "can_fuse_linear_relu", lambda dtype, rows: False)
     expected, _ = model.float()(idx)
     torch.testing.assert_close(ours, expected)
 
