@@ -93,8 +93,8 @@ class MLP(nn.Sequential):
         fc, relu, proj, drop = self
         # Compiled, Inductor fuses the bias and the ReLU itself (and cannot lower oneDNN's op with weights that
         # train).
-        fuse = x.device.type == "cpu" and not torch.compiler.is_compiling()
-        if fuse and can_fuse_linear_relu(product_dtype(x), x.numel() // x.size(-1)):
+        eager_on_cpu = x.device.type == "cpu" and not torch.compiler.is_compiling()
+        if eager_on_cpu and can_fuse_linear_relu(product_dtype(x), x.numel() // x.size(-1)):
             return drop(proj(linear_relu(x, fc.weight, fc.bias)))
         return drop(proj(relu(fc(x))))
 
