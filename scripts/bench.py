@@ -338,11 +338,12 @@ Emit = Callable[[dict], None]
 
 
 def bench_memory(args, emit: Emit) -> dict[tuple[str, int], bool]:
-    """Peak memory of each training contender, in fresh processes; which of them fit in memory (a contender
-    that crashed fits: it crashes again in the timed rounds, which report why)."""
+    """Peak memory of each training contender asked for (reference, model, lightning), in fresh processes;
+    which of them fit in memory (a contender that crashed fits: it crashes again in the timed rounds, which
+    report why)."""
     fits = {}
     for n_layer in args.layers:
-        for name in ("reference", "model", "lightning"):
+        for name in [name for name in ("reference", "model", "lightning") if name in args.contenders]:
             measured = peak_memory_mb(name, args.hardware, n_layer, args.overrides)
             fits[name, n_layer] = not measured.get("error", "").startswith("killed")
             emit({"kind": "memory", "contender": name, "n_layer": n_layer, **measured})
