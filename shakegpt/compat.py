@@ -14,6 +14,7 @@ batches of the epoch were done, ends the epoch early and starts another.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from collections.abc import Iterator
@@ -125,6 +126,26 @@ def softmax_backward(grad: torch.Tensor, probs: torch.Tensor, dim: int, dtype: t
     import torch
 
     return torch._softmax_backward_data(grad, probs, dim, dtype)
+
+
+@functools.cache
+def onednn_multiplies_bf16() -> bool:
+    """Whether oneDNN multiplies bf16 matrices on this CPU natively (AVX-512 BF16, AMX) rather than emulating
+    them; PyTorch has no public query for it. The same for the whole process, so asked once."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN
+        return False
+
+
+def onednn_linear_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """relu(x weight^T + bias) as one oneDNN product that applies the bias and the ReLU as it writes its output:
+    the op Inductor lowers a CPU linear layer and its ReLU to; PyTorch offers no public fused linear and ReLU."""
+    import torch
+
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "relu", [], "")
 
 
 def parse_overrides(lines: list[str]) -> list[Override]:

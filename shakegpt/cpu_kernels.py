@@ -14,14 +14,13 @@ scaling.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 
-from shakegpt.compat import softmax_backward
+from shakegpt.compat import onednn_linear_relu, onednn_multiplies_bf16, softmax_backward
 
 # Scores per chunk of the attention: 8 MB in bf16, which stays in cache through the passes over it.
 CHUNK_SCORES = 2**22
@@ -171,12 +170,7 @@ def can_fuse_linear_relu(dtype: torch.dtype, rows: int) -> bool:
     has the instructions), and x has at least FUSED_MIN_ROWS rows."""
     if rows < FUSED_MIN_ROWS or not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
         return False
-    return dtype == torch.float32 or (dtype == torch.bfloat16 and _onednn_multiplies_bf16())
-
-
-@functools.cache
-def _onednn_multiplies_bf16() -> bool:
-    return torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return dtype == torch.float32 or (dtype == torch.bfloat16 and onednn_multiplies_bf16())
 
 
 def linear_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -193,7 +187,7 @@ class LinearReLU(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        output = torch.ops.mkldnn._linear_pointwise(x, weight, bias, "relu", [], "")
+        output = onednn_linear_relu(x, weight, bias)
         ctx.save_for_backward(x, weight, output)
         return output
 

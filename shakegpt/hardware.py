@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from shakegpt.compat import onednn_multiplies_bf16
 from shakegpt.errors import ShakeGPTError
 from shakegpt.rundir import write_atomically
 from shakegpt.user_cache import user_cache_dir
@@ -55,11 +56,8 @@ def cpu_model() -> str:
 
 
 def measured_cpu_precision(rounds: int = 7) -> str:
-    try:
-        if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-            return "32-true"  # emulated bf16: slower than fp32 everywhere
-    except (AttributeError, RuntimeError):
-        return "32-true"
+    if not onednn_multiplies_bf16():
+        return "32-true"  # emulated bf16: slower than fp32 everywhere
     # Alternated, best of each: a burst of other work slows both alike instead of one.
     speed = {torch.float32: 0.0, torch.bfloat16: 0.0}
     for _ in range(rounds):

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import lightning as L
+import pytest
 import torch
 from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.demos.boring_classes import BoringModel
@@ -71,6 +72,24 @@ def test_the_softmax_gradient_from_its_output_is_autograds():
     grad = torch.randn_like(probs)
     (expected,) = torch.autograd.grad(probs, scores, grad)
     assert torch.allclose(compat.softmax_backward(grad, probs.detach(), -1, torch.float64), expected)
+
+
+def test_onednn_says_whether_it_multiplies_bf16():
+    # The op behind the answer: if it went, every CPU would silently train in fp32.
+    assert hasattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported") or not torch.backends.mkldnn.is_available()
+    assert isinstance(compat.onednn_multiplies_bf16(), bool)
+    if compat.onednn_multiplies_bf16():
+        x, weight, bias = (torch.randn(shape, dtype=torch.bfloat16) for shape in ((8, 16), (4, 16), (4,)))
+        assert compat.onednn_linear_relu(x, weight, bias).dtype == torch.bfloat16
+
+
+def test_onednns_fused_linear_layer_is_linear_then_relu():
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("this PyTorch has no oneDNN")
+    x, weight, bias = (torch.randn(shape) for shape in ((2, 8, 16), (4, 16), (4,)))
+    expected = torch.relu(torch.nn.functional.linear(x, weight, bias))
+    assert (expected == 0).any() and (expected > 0).any()
+    assert torch.allclose(compat.onednn_linear_relu(x, weight, bias), expected, atol=1e-5)
 
 
 def test_overrides_are_parsed_as_hydra_parses_them():

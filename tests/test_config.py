@@ -7,7 +7,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from shakegpt import hardware, launch  # noqa: F401  (launch registers the resolvers conf/ uses)
+from shakegpt import compat, hardware, launch  # noqa: F401  (launch registers the resolvers conf/ uses)
 from shakegpt.errors import ShakeGPTError
 from shakegpt.hardware import check_accelerator, cpu_precision
 from shakegpt.model import GPT, GPTConfig
@@ -103,7 +103,7 @@ def test_hardware_presets(hardware, accelerator, precision):
 def test_cpu_precision_follows_the_measured_matmul_speeds_once_per_machine(
     monkeypatch, tmp_path, bf16_speed, precision
 ):
-    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if not compat.onednn_multiplies_bf16():
         pytest.skip("this CPU has no native bf16: always 32-true")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     speeds = {torch.float32: 100.0, torch.bfloat16: bf16_speed}
