@@ -74,6 +74,12 @@ class Run:
         return code
 
 
+def hold_still(run: Run) -> None:
+    """Stops a live run where it is (SIGSTOP): it keeps its run folder's lock, and leaves the CPU to the process
+    under test instead of slowing it down twofold on a small machine. SIGKILL ends it later as it is."""
+    run.process.send_signal(signal.SIGSTOP)
+
+
 def kill_at(folder: Path, moment: str) -> None:
     """A run killed with SIGKILL once its output shows moment: no chance to say anything."""
     run = Run(folder)
@@ -245,6 +251,7 @@ def test_a_second_writer_is_refused_and_changes_nothing(tmp_path):
     folder = tmp_path / "run"
     first = Run(folder, "trainer.max_steps=100000")
     first.wait_for(r"step 0: train loss")
+    hold_still(first)
     before = (folder / ".hydra" / "config.yaml").read_text()
     second = run_module("shakegpt.train", *TINY, "seed=2", f"hydra.run.dir={folder}", cwd=tmp_path)
     assert second.returncode == 1
@@ -492,12 +499,13 @@ def test_a_resumed_sweep_skips_the_jobs_a_live_process_holds(tmp_path):
     sweep.mkdir()
     live = Run(held, "trainer.max_steps=100000")
     live.wait_for(r"step 0: train loss")
+    hold_still(live)
     proc = run_module(
         "shakegpt.train", "-m", *TINY, "model.n_layer=1,2", f"hydra.sweep.dir={sweep}", "resume=true", cwd=tmp_path
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"skipped: the run folder {held} is in use by process {live.process.pid}" in proc.stdout + proc.stderr
-    assert live.process.poll() is None  # untouched, still training
+    assert live.process.poll() is None  # untouched, still alive
     assert json.loads((held / "run.json").read_text())["status"] == "running"
     other = sweep / "model.n_layer=2"
     assert json.loads((other / "run.json").read_text())["status"] == "finished"
