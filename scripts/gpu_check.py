@@ -11,15 +11,17 @@ there; Hydra, OmegaConf and ANTLR's runtime are not) and tinyshakespeare (that m
 
 `run` installs those wheels into a folder of its own (`pip --no-index --no-deps --target`: the machine's torch
 is not touched), then, each step time-boxed and a failed step not stopping the next:
-  1. the CUDA path: experiment=smoke with hardware=cuda, the same compiled, a run interrupted by SIGTERM and
-     resumed (its metrics against an uninterrupted run's), generate and evaluate on the result, and its
-     CUDA checkpoint sampled on the CPU;
-  2. scripts/bench.py: training and evaluation tokens/s and MFU, Lightning against the plain loop, n_layer 1, 2,
-     6, 12, then compiled at n_layer 6 and 12;
-  3. the table: rows exp1-exp5 at their full lengths, all five at once on the one GPU (small models leave it
+  1. the CUDA path's first run: experiment=smoke with hardware=cuda;
+  2. the table: rows exp1-exp5 at their full lengths, all five at once on the one GPU (small models leave it
      mostly idle, so five share it faster than they take turns), stopped by SIGTERM at the time box (they
-     resume); each row's report and scripts/compare_original.py; then 3 seeds of exp2 and exp4 if time is left;
-  4. packs everything into $OUT: summary.md (what passed, what failed, the figures), summary.json,
+     resume), which leaves a minute and a half for the steps after it; each row's report and
+     scripts/compare_original.py;
+  3. the rest of the CUDA path: a run interrupted by SIGTERM and resumed (its metrics against an uninterrupted
+     run's), generate and evaluate on the smoke run and its CUDA checkpoint sampled on the CPU, experiment=smoke
+     compiled;
+  4. scripts/bench.py: training and evaluation tokens/s and MFU, Lightning against the plain loop, n_layer 1, 2,
+     6, 12, then compiled at n_layer 6 and 12; then 3 seeds of exp2 and exp4, as far as time is left;
+  5. packs everything into $OUT: summary.md (what passed, what failed, the figures), summary.json,
      bench_gpu.jsonl, results.tar.gz (reports and run records, no checkpoints) and gpu_check.log.
 `dry-run` is `run` with hardware=cpu and tiny models and step counts, into outputs/gpu_check/ (or --out).
 `unpack` puts each returned row into docs/results/<row>/ where it reached at least as far as the one there,
@@ -204,6 +206,8 @@ def install(check: Check) -> str:
     if check.run(check.python(*pip, *map(str, wheels)), timeout=120) != 0:
         raise StepFailed("pip could not install the prepared wheels (see gpu_check.log)")
     paths = {"PYTHONPATH": f"{site}{os.pathsep}{ROOT}", "DATA_DIR": str(DATA)}
+    # This process reads the runs' records through shakegpt too, and the GPU machine has it nowhere else.
+    sys.path[:0] = [str(site), str(ROOT)]
     check.env = {**os.environ, **paths, "PYTHONUNBUFFERED": "1", **dict(check.mode.env)}
     probe = check.work / "machine.json"
     script = (
@@ -301,7 +305,9 @@ def cuda_path(check: Check) -> dict[str, Callable[[float], str]]:
 
     return {
         f"train experiment=smoke hardware={hardware}": lambda t: smoke(check, name="smoke", timeout=t),
-        "the same, hardware.compile=true": lambda t: smoke(check, "hardware.compile=true", name="compiled", timeout=t),
+        f"train experiment=smoke hardware={hardware}, compiled": lambda t: smoke(
+            check, "hardware.compile=true", name="compiled", timeout=t
+        ),
         "SIGTERM mid-run, then resume=true": lambda t: interrupted_and_resumed(check, t),
         f"generate and evaluate (device={device}), the checkpoint on the CPU": sample_and_evaluate,
     }
@@ -460,15 +466,18 @@ def run_check(mode_name: str, out: Path) -> int:
         ("install the prepared wheels", lambda t: install(check), 120, 0),
     ]
     try:
-        # Each step: its time box, and the least time to keep for the steps after it (the table above all).
+        # Each step: its time box, and the least time to keep for the steps after it. The table comes right after
+        # the first CUDA run: it is what the call is for, and 5000 steps of the 12-layer row take minutes even on
+        # an H200; the other checks and the bench share what it leaves (a minute and a half at least).
+        trained, compiled, resumed, sampled = cuda_path(check).items()
         steps += [
-            (name, step, box, 300)
-            for (name, step), box in zip(cuda_path(check).items(), (60, 120, 120, 60), strict=True)
-        ]
-        steps += [
-            ("bench", lambda t: bench(check, mode.bench, (), t), 120, 240),
-            ("bench, compiled", lambda t: bench(check, mode.bench_compiled, ("hardware.compile=true",), t), 90, 240),
-            ("the table, exp1-exp5", lambda t: table(check, t), mode.budget_s, 30),
+            (*trained, 60, 400),
+            ("the table, exp1-exp5", lambda t: table(check, t), mode.budget_s, 90),
+            (*resumed, 120, 30),
+            (*sampled, 60, 30),
+            (*compiled, 120, 30),
+            ("bench", lambda t: bench(check, mode.bench, (), t), 120, 30),
+            ("bench, compiled", lambda t: bench(check, mode.bench_compiled, ("hardware.compile=true",), t), 90, 30),
             (f"3 seeds of {' and '.join(SEED_ROWS)}", lambda t: seeds(check, t), mode.budget_s, 30),
         ]
         for name, step, box, keep in steps:
