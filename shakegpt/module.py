@@ -86,8 +86,11 @@ class GPTModule(L.LightningModule):
 
     def sample(self, prompt: str | None, max_new_tokens: int, **options: Any) -> str:
         """prompt (None: the tokenizer's default) followed by max_new_tokens sampled characters; options as
-        stream's."""
-        return "".join(self.stream(prompt, max_new_tokens, **options))
+        stream's. The tokens leave the device once, at the end: a copy per character would wait for the GPU every
+        time, and a GPU shared with other runs makes each wait long."""
+        prompt = self._prompt(prompt)
+        tokens = [token[0] for token in self._sampled_tokens(prompt, max_new_tokens, **options)]
+        return prompt + (self.tokenizer.decode(torch.cat(tokens).tolist()) if tokens else "")
 
     def stream(
         self,
@@ -100,17 +103,34 @@ class GPTModule(L.LightningModule):
     ) -> Iterator[str]:
         """prompt (None: the tokenizer's default), then max_new_tokens sampled characters one at a time, as they
         come; in eval mode, without touching the global RNG."""
+        prompt = self._prompt(prompt)
+        yield prompt
+        for token in self._sampled_tokens(prompt, max_new_tokens, temperature, top_k, seed, kv_cache):
+            yield self.tokenizer.decode([token.item()])
+
+    def _prompt(self, prompt: str | None) -> str:
         if prompt is None:
             prompt = self.tokenizer.default_prompt
         if not prompt:
             raise ShakeGPTError("the prompt is empty: give at least one character, e.g. a newline")
+        return prompt
+
+    def _sampled_tokens(
+        self,
+        prompt: str,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        seed: int = 1337,
+        kv_cache: KVCacheMode = "exact",
+    ) -> Iterator[torch.Tensor]:
+        """The (1, 1) tokens sampled after prompt, on the model's device, in eval mode and from a generator of
+        their own (the global RNG untouched)."""
         was_training = self.model.training
         self.model.eval()
         try:
             idx = torch.tensor([self.tokenizer.encode(prompt)], dtype=torch.long, device=self.device)
             generator = torch.Generator(device=self.device).manual_seed(seed)
-            yield prompt
-            for token in self.model.stream(idx, max_new_tokens, temperature, top_k, kv_cache, generator):
-                yield self.tokenizer.decode([token.item()])
+            yield from self.model.stream(idx, max_new_tokens, temperature, top_k, kv_cache, generator)
         finally:
             self.model.train(was_training)
