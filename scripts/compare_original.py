@@ -21,8 +21,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from shakegpt.rundir import RunStatus  # noqa: E402
-
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
 Curve = dict[int, tuple[float, float]]  # step -> (train loss, val loss)
 
@@ -43,12 +41,12 @@ def read_ours(folder: Path) -> tuple[Curve, dict[str, str]]:
     return curve, summary
 
 
-def matched_step(step: int, original: Curve, ours: Curve, max_steps: int) -> int | None:
-    """Our step that corresponds to the original's (its 4999 is our max_steps, 5000)."""
+def matched_step(step: int, original: Curve, ours: Curve, trained: int) -> int | None:
+    """Our step that corresponds to the original's (its 4999 is our last, 5000, once we trained that far)."""
     if step in ours:
         return step
-    if step == max(original) and max_steps in ours and max_steps - step == 1:
-        return max_steps
+    if step == max(original) and trained in ours and trained - step == 1:
+        return trained
     return None
 
 
@@ -71,9 +69,10 @@ def plot(row: str, original: Curve, ours: Curve, path: Path) -> None:
 def compare(label: str, folder: Path, original: Curve, lines: list[str]) -> str:
     """Appends the table rows of one reproduced run to lines, draws its plot; returns its summary row."""
     ours, summary = read_ours(folder)
-    max_steps = int(float(summary["steps"] or 0)) if summary["status"] == RunStatus.FINISHED else -1
+    # How far it trained: a run stopped after its last evaluation (in its final sample, say) still matches 4999.
+    trained = int(float(summary["steps"] or 0))
     for step in sorted(original):
-        here = matched_step(step, original, ours, max_steps)
+        here = matched_step(step, original, ours, trained)
         if here is None:
             continue
         (ot, ov), (t, v) = original[step], ours[here]
@@ -84,8 +83,7 @@ def compare(label: str, folder: Path, original: Curve, lines: list[str]) -> str:
     plot(label, original, ours, folder / "vs_original.png")
     link = folder.relative_to(folder.parents[1] if "," in label else folder.parent) / "vs_original.png"
     planned = max(original) + (1 if max(original) > 99 else 0)
-    trained = int(float(summary["steps"] or 0))  # an interrupted run may have trained past its last evaluation
-    past = f", trained to {trained}" if trained > max(ours) else ""
+    past = f", trained to {trained}" if trained > max(ours) else ""  # stopped between evaluations
     return (
         f"| {label} | step {max(ours)} of {planned}{past} ({summary['status']}) | {summary['device']}, "
         f"{summary['precision']} | {float(summary['wall_s'] or 0) / 60:.0f} min "
