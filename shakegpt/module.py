@@ -88,8 +88,8 @@ class GPTModule(L.LightningModule):
         """prompt (None: the tokenizer's default) followed by max_new_tokens sampled characters; options as
         stream's. The tokens leave the device once, at the end: a copy per character would wait for the GPU every
         time, and a GPU shared with other runs makes each wait long."""
-        prompt = self._prompt(prompt)
-        tokens = [token[0] for token in self._sampled_tokens(prompt, max_new_tokens, **options)]
+        prompt, idx = self._encoded(prompt)
+        tokens = [token[0] for token in self._sampled_tokens(idx, max_new_tokens, **options)]
         return prompt + (self.tokenizer.decode(torch.cat(tokens).tolist()) if tokens else "")
 
     def stream(
@@ -102,34 +102,35 @@ class GPTModule(L.LightningModule):
         kv_cache: KVCacheMode = "exact",
     ) -> Iterator[str]:
         """prompt (None: the tokenizer's default), then max_new_tokens sampled characters one at a time, as they
-        come; in eval mode, without touching the global RNG."""
-        prompt = self._prompt(prompt)
+        come; in eval mode, without touching the global RNG. The prompt comes once it is known to be in the
+        vocabulary."""
+        prompt, idx = self._encoded(prompt)
         yield prompt
-        for token in self._sampled_tokens(prompt, max_new_tokens, temperature, top_k, seed, kv_cache):
+        for token in self._sampled_tokens(idx, max_new_tokens, temperature, top_k, seed, kv_cache):
             yield self.tokenizer.decode([token.item()])
 
-    def _prompt(self, prompt: str | None) -> str:
+    def _encoded(self, prompt: str | None) -> tuple[str, torch.Tensor]:
+        """The prompt (None: the tokenizer's default) and its (1, time) tokens on the model's device."""
         if prompt is None:
             prompt = self.tokenizer.default_prompt
         if not prompt:
             raise ShakeGPTError("the prompt is empty: give at least one character, e.g. a newline")
-        return prompt
+        return prompt, torch.tensor([self.tokenizer.encode(prompt)], dtype=torch.long, device=self.device)
 
     def _sampled_tokens(
         self,
-        prompt: str,
+        idx: torch.Tensor,
         max_new_tokens: int,
         temperature: float = 1.0,
         top_k: int | None = None,
         seed: int = 1337,
         kv_cache: KVCacheMode = "exact",
     ) -> Iterator[torch.Tensor]:
-        """The (1, 1) tokens sampled after prompt, on the model's device, in eval mode and from a generator of
-        their own (the global RNG untouched)."""
+        """The (1, 1) tokens sampled after idx, on the model's device, in eval mode and from a generator of their
+        own (the global RNG untouched)."""
         was_training = self.model.training
         self.model.eval()
         try:
-            idx = torch.tensor([self.tokenizer.encode(prompt)], dtype=torch.long, device=self.device)
             generator = torch.Generator(device=self.device).manual_seed(seed)
             yield from self.model.stream(idx, max_new_tokens, temperature, top_k, kv_cache, generator)
         finally:

@@ -31,3 +31,5 @@ def test_a_sample_is_the_stream_joined_and_leaves_the_mode_as_it_was():
     assert module.sample("ab", 0) == "ab"
     with pytest.raises(ShakeGPTError, match="prompt is empty"):
         module.sample("", 3)
+    with pytest.raises(ShakeGPTError, match="'z'"):  # before the prompt comes: generate prints nothing then
+        next(module.stream("az", 3))
