@@ -106,7 +106,9 @@ class GPTModule(L.LightningModule):
         vocabulary."""
         prompt, idx = self._encoded(prompt)
         yield prompt
-        for token in self._sampled_tokens(idx, max_new_tokens, temperature, top_k, seed, kv_cache):
+        for token in self._sampled_tokens(
+            idx, max_new_tokens, seed, temperature=temperature, top_k=top_k, kv_cache=kv_cache
+        ):
             yield self.tokenizer.decode([token.item()])
 
     def _encoded(self, prompt: str | None) -> tuple[str, torch.Tensor]:
@@ -118,20 +120,14 @@ class GPTModule(L.LightningModule):
         return prompt, torch.tensor([self.tokenizer.encode(prompt)], dtype=torch.long, device=self.device)
 
     def _sampled_tokens(
-        self,
-        idx: torch.Tensor,
-        max_new_tokens: int,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        seed: int = 1337,
-        kv_cache: KVCacheMode = "exact",
+        self, idx: torch.Tensor, max_new_tokens: int, seed: int = 1337, **options: Any
     ) -> Iterator[torch.Tensor]:
         """The (1, 1) tokens sampled after idx, on the model's device, in eval mode and from a generator of their
-        own (the global RNG untouched)."""
+        own (the global RNG untouched); options as GPT.stream's."""
         was_training = self.model.training
         self.model.eval()
         try:
             generator = torch.Generator(device=self.device).manual_seed(seed)
-            yield from self.model.stream(idx, max_new_tokens, temperature, top_k, kv_cache, generator)
+            yield from self.model.stream(idx, max_new_tokens, generator=generator, **options)
         finally:
             self.model.train(was_training)
