@@ -67,7 +67,7 @@ def page_faults_of_a_fresh_64_mb_tensor():
 
 default = [page_faults_of_a_fresh_64_mb_tensor() for _ in range(6)]
 took = keep_freed_memory()
-kept = [page_faults_of_a_fresh_64_mb_tensor() for _ in range(10)]
+kept = [page_faults_of_a_fresh_64_mb_tensor() for _ in range(30)]
 print(json.dumps({"default": default, "took": took, "kept": kept}))
 """
 
@@ -81,6 +81,8 @@ def test_keep_freed_memory_stops_large_tensors_from_faulting_in_again():
     page_faults = 2**26 // resource.getpagesize()
     # By default glibc maps every such block afresh: each of its pages faults in, each time.
     assert min(faults["default"]) >= 0.9 * page_faults
-    # Kept: once the heap has grown to hold it, the same block is handed out again, already in memory.
+    # Kept: once the heap has grown to hold it, the same block is handed out again, already in memory. Growing
+    # takes a few blocks, up to 8 of them in 13 tries on a Xeon (glibc places the aligned blocks around the
+    # interpreter's own small ones); then none faults in again.
     assert faults["took"] is True
-    assert max(faults["kept"][-3:]) < 0.01 * page_faults, faults["kept"]
+    assert max(faults["kept"][-10:]) < 0.01 * page_faults, faults["kept"]
