@@ -205,9 +205,10 @@ def install(check: Check) -> str:
     pip = ["-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile", "--target", str(site)]
     if check.run(check.python(*pip, *map(str, wheels)), timeout=120) != 0:
         raise StepFailed("pip could not install the prepared wheels (see gpu_check.log)")
-    paths = {"PYTHONPATH": f"{site}{os.pathsep}{ROOT}", "DATA_DIR": str(DATA)}
+    import_path = [str(site), str(ROOT)]
     # This process reads the runs' records through shakegpt too, and the GPU machine has it nowhere else.
-    sys.path[:0] = [str(site), str(ROOT)]
+    sys.path[:0] = import_path
+    paths = {"PYTHONPATH": os.pathsep.join(import_path), "DATA_DIR": str(DATA)}
     check.env = {**os.environ, **paths, "PYTHONUNBUFFERED": "1", **dict(check.mode.env)}
     probe = check.work / "machine.json"
     script = (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import lightning as L
@@ -84,13 +85,14 @@ class GPTModule(L.LightningModule):
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    def sample(self, prompt: str | None, max_new_tokens: int, **options: Any) -> str:
+    def sample(self, prompt: str | None, max_new_tokens: int, seed: int = 1337, **options: Any) -> str:
         """prompt (None: the tokenizer's default) followed by max_new_tokens sampled characters; options as
         stream's. The tokens leave the device once, at the end: a copy per character would wait for the GPU every
         time, and a GPU shared with other runs makes each wait long."""
         prompt, idx = self._encoded(prompt)
-        tokens = [token[0] for token in self._sampled_tokens(idx, max_new_tokens, **options)]
-        return prompt + (self.tokenizer.decode(torch.cat(tokens).tolist()) if tokens else "")
+        with self._sampling(seed) as generator:
+            tokens = self.model.generate(idx, max_new_tokens, generator=generator, **options)
+        return prompt + self.tokenizer.decode(tokens[0, idx.size(1) :].tolist())
 
     def stream(
         self,
@@ -106,10 +108,9 @@ class GPTModule(L.LightningModule):
         vocabulary."""
         prompt, idx = self._encoded(prompt)
         yield prompt
-        for token in self._sampled_tokens(
-            idx, max_new_tokens, seed, temperature=temperature, top_k=top_k, kv_cache=kv_cache
-        ):
-            yield self.tokenizer.decode([token.item()])
+        with self._sampling(seed) as generator:
+            for token in self.model.stream(idx, max_new_tokens, temperature, top_k, kv_cache, generator):
+                yield self.tokenizer.decode([token.item()])
 
     def _encoded(self, prompt: str | None) -> tuple[str, torch.Tensor]:
         """The prompt (None: the tokenizer's default) and its (1, time) tokens on the model's device."""
@@ -119,15 +120,12 @@ class GPTModule(L.LightningModule):
             raise ShakeGPTError("the prompt is empty: give at least one character, e.g. a newline")
         return prompt, torch.tensor([self.tokenizer.encode(prompt)], dtype=torch.long, device=self.device)
 
-    def _sampled_tokens(
-        self, idx: torch.Tensor, max_new_tokens: int, seed: int = 1337, **options: Any
-    ) -> Iterator[torch.Tensor]:
-        """The (1, 1) tokens sampled after idx, on the model's device, in eval mode and from a generator of their
-        own (the global RNG untouched); options as GPT.stream's."""
+    @contextmanager
+    def _sampling(self, seed: int) -> Iterator[torch.Generator]:
+        """The model in eval mode, and a generator of the sampling's own on its device (the global RNG untouched)."""
         was_training = self.model.training
         self.model.eval()
         try:
-            generator = torch.Generator(device=self.device).manual_seed(seed)
-            yield from self.model.stream(idx, max_new_tokens, generator=generator, **options)
+            yield torch.Generator(device=self.device).manual_seed(seed)
         finally:
             self.model.train(was_training)
